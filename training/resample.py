@@ -27,9 +27,16 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def degrade(hr_faces: torch.Tensor, size: int = LR_SIZE) -> torch.Tensor:
-    """Low-resolution faces as a camera stores them: :func:`resize` to size×size, quantized to 8 bits.
+    """Low-resolution faces as a camera stores them, in [0, 1] on the 8-bit grid.
 
-    Matches :func:`iafsr_sdk.faces.degrade` on uint8 faces to within one grey level.
+    The same computation as :func:`iafsr_sdk.faces.degrade` on uint8 faces, rounded to 8 bits after each
+    axis as there; the two agree to within one grey level (float rounding of ties).
     """
+    if hr_faces.dim() != 4:
+        raise ValueError(f"expected NCHW images, got shape {tuple(hr_faces.shape)}")
+    height, width = hr_faces.shape[-2:]
     with torch.no_grad():
-        return (resize(hr_faces, size).clamp(0, 1) * 255).round() / 255
+        levels = hr_faces * 255
+        levels = (levels @ _weights(width, size, levels).T).round().clamp(0, 255)
+        levels = (_weights(height, size, levels) @ levels).round().clamp(0, 255)
+        return levels / 255
