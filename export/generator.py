@@ -53,8 +53,8 @@ FP16_FLOOR = 2.0**-11
 TERMS = (
     "The shipped weights are for non-commercial research only: they inherit the terms of the face data "
     "they were trained on (UTKFace) and evaluated on (LFW, CelebA), which are distributed for non-commercial "
-    "research. Retrain on data you hold the rights to with the same scripts (python -m training...) and "
-    "export with python -m export.generator for other uses."
+    "research. For other uses, retrain on data you hold the rights to with the same scripts "
+    "(python -m training.prepare, python -m training.train) and export with python -m export.generator."
 )
 METHOD = (
     "Identity-Aware Face Super-Resolution (Chen et al., IEEE Signal Processing Letters 2020): an SRResNet "
@@ -223,7 +223,7 @@ def make_card(generator: Generator, config: dict, graph: onnx.ModelProto, parity
     placeholder = bool(config.get("placeholder", False))
     parameters = sum(p.numel() for p in fold_batch_norm(generator).parameters())
     training = (
-        {"data": None, "note": f"PLACEHOLDER: randomly initialised with seed {config.get('seed')}, not trained. "
+        {"data": None, "seed": config.get("seed"), "note": f"PLACEHOLDER: randomly initialised with seed {config.get('seed')}, not trained. "
                                "Its output is not a face; it only exercises the runtime."}
         if placeholder
         else {"data": config.get("data", "UTKFace aligned & cropped subset, faces close to LFW/CelebA "

@@ -139,15 +139,11 @@ def run_enhance(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     import onnxruntime
 
-    from . import ops
+    from ._ext import build_info, cuda_status
 
     info: dict[str, Any] = {"onnxruntime": onnxruntime.__version__,
-                            "available_providers": onnxruntime.get_available_providers()}
-    try:
-        info["extension"] = ops.build_info()
-        info["extension_cuda_available"] = ops.cuda_available()
-    except ops.ExtensionNotBuiltError as error:
-        info["extension"] = f"not built: {error}"
+                            "available_providers": onnxruntime.get_available_providers(),
+                            "extension": build_info(), "extension_cuda": cuda_status()}
     status = EXIT_OK
     try:
         enhancer = FaceEnhancer(model=args.model, device=args.device, precision=args.precision)

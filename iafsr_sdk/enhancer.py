@@ -26,7 +26,7 @@ import numpy.typing as npt
 import onnxruntime
 
 from .faces import HR_SIZE, LR_SIZE, resize
-from .ops import CudaUnavailableError
+from ._ext import CudaUnavailableError
 
 __all__ = ["FaceEnhancer", "ModelFileError", "MAX_FACE_SIDE"]
 
@@ -119,7 +119,7 @@ class FaceEnhancer:
             ``python -m export.generator``. A model card beside the file (``<name>.json``) is checked: the
             file's sha256 must match it. The shipped model must always match.
         device: ``"auto"`` (CUDA where it works, else CPU; the choice is logged), ``"cpu"``, ``"cuda"`` or
-            ``"cuda:N"``. Asking for CUDA where it cannot run raises :class:`~iafsr_sdk.ops.CudaUnavailableError`;
+            ``"cuda:N"``. Asking for CUDA where it cannot run raises :class:`~iafsr_sdk.CudaUnavailableError`;
             there is no silent fallback to the CPU.
         providers: onnxruntime execution providers (names or ``(name, options)`` pairs), passed through
             instead of ``device``; every one asked for must be in use, else ``RuntimeError``.

@@ -20,7 +20,7 @@ import pytest
 import iafsr_sdk
 from iafsr_sdk.enhancer import MAX_FACE_SIDE, FaceEnhancer, ModelFileError, _cuda_driver_present
 from iafsr_sdk.faces import resize
-from iafsr_sdk.ops import CudaUnavailableError
+from iafsr_sdk._ext import CudaUnavailableError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

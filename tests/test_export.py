@@ -1,0 +1,188 @@
+"""Generator → ONNX export: parity with torch on real faces, the operators written, dynamic batch, checker,
+model card; and the same checks on the model files shipped in the package."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+import onnxruntime  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
+
+from export import generator as exporter  # noqa: E402
+from training.models import Generator, save_generator  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SHIPPED = Path(exporter.__file__).resolve().parents[1] / "iafsr_sdk" / "models"
+ALLOWED_OPS = {"Conv", "PRelu", "DepthToSpace", "Add", "MatMul", "Cast"}
+
+
+def trained_like_generator(bicubic_skip: bool, seed: int) -> Generator:
+    """A generator whose BatchNorm statistics and PReLU slopes are not at their defaults, so that BN
+    folding and per-layer slopes are really exercised, with outputs around the [0, 1] image range."""
+    torch.manual_seed(seed)
+    generator = Generator(bicubic_skip=bicubic_skip)
+    with torch.no_grad():
+        for module in generator.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+            elif isinstance(module, torch.nn.PReLU):
+                module.weight.uniform_(0.05, 0.4)
+        if not bicubic_skip:
+            generator.tail.weight.mul_(20.0)
+            generator.tail.bias.fill_(0.5)
+    return generator.eval()
+
+
+@pytest.fixture(scope="module")
+def lr_faces() -> np.ndarray:
+    """16 real LFW faces degraded to 16×16, float32 NCHW in [0, 1]."""
+    return exporter.parity_faces()[:16]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, lr_faces) -> dict[str, tuple[Path, Generator]]:
+    """Two exports: plain generator through the command line (from a weights file), bicubic-skip variant
+    through :func:`export.generator.export`."""
+    root = tmp_path_factory.mktemp("export")
+    faces = root / "faces.npy"
+    np.save(faces, (lr_faces.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8))
+
+    plain = trained_like_generator(bicubic_skip=False, seed=1)
+    weights = root / "plain.pt"
+    save_generator(weights, plain, {"method": "test"})
+    exporter.main(["--weights", str(weights), "--out", str(root / "plain"), "--faces", str(faces)])
+
+    skip = trained_like_generator(bicubic_skip=True, seed=2)
+    exporter.export(skip, {"bicubic_skip": True}, root / "skip", "test", faces=faces)
+    return {"plain": (root / "plain", plain), "skip": (root / "skip", skip)}
+
+
+def run(path: Path, lr: np.ndarray) -> np.ndarray:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: lr})[0]
+
+
+@pytest.mark.parametrize("variant", ["plain", "skip"])
+def test_parity_with_torch_on_real_faces(exported, lr_faces, variant):
+    folder, generator = exported[variant]
+    with torch.no_grad():
+        reference = generator(torch.from_numpy(lr_faces)).numpy()
+        torch_half = exporter.fold_batch_norm(generator).half()(torch.from_numpy(lr_faces).half()).float().numpy()
+    assert 0.2 < reference.std() and reference.max() - reference.min() > 1, "outputs should span an image range"
+    fp32_error = np.abs(run(folder / exporter.FP32_FILE, lr_faces) - reference).max()
+    assert fp32_error <= 1e-4
+    fp16_error = np.abs(run(folder / exporter.FP16_FILE, lr_faces) - reference).max()
+    assert fp16_error <= max(2 * np.abs(torch_half - reference).max(), exporter.FP16_FLOOR)
+
+
+@pytest.mark.parametrize("variant", ["plain", "skip"])
+def test_card_records_parity_and_files(exported, variant):
+    folder, _ = exported[variant]
+    card = json.loads((folder / exporter.CARD_FILE).read_text())
+    parity = card["export"]["parity"]
+    assert parity["fp32_max_abs_error"] <= parity["fp32_bound"] == exporter.FP32_TOLERANCE
+    assert parity["fp16_max_abs_error"] <= parity["fp16_bound"]
+    for precision, entry in card["files"].items():
+        assert hashlib.sha256((folder / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
+    assert card["architecture"]["bicubic_skip"] == (variant == "skip")
+    assert card["placeholder"] is False
+
+
+def test_card_names_the_source_weights(exported):
+    folder, _ = exported["plain"]
+    card = json.loads((folder / exporter.CARD_FILE).read_text())
+    assert card["export"]["source_weights_sha256"] and card["training"]["config"]["method"] == "test"
+    assert card["export"]["command"].startswith("python -m export.generator --weights")
+
+
+def check_graph(path: Path) -> None:
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version >= 17
+    ops = [node.op_type for node in model.graph.node]
+    assert set(ops) <= ALLOWED_OPS, f"unexpected operators {set(ops) - ALLOWED_OPS}"
+    shuffles = [node for node in model.graph.node if node.op_type == "DepthToSpace"]
+    assert len(shuffles) == 3
+    for node in shuffles:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attributes == {"blocksize": 2, "mode": b"CRD"}
+    initializers = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "PRelu":
+            assert list(initializers[node.input[1]].dims) == [64, 1, 1]
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.dim_value
+    for value in (model.graph.input[0], model.graph.output[0]):
+        assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def check_dynamic_batch(path: Path, lr: np.ndarray) -> None:
+    one = run(path, lr[:1])
+    five = run(path, lr[:5])
+    assert one.shape == (1, 3, 128, 128) and five.shape == (5, 3, 128, 128)
+    np.testing.assert_allclose(five[:1], one, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["plain", "skip"])
+@pytest.mark.parametrize("file", [exporter.FP32_FILE, exporter.FP16_FILE])
+def test_exported_graph(exported, lr_faces, variant, file):
+    folder, _ = exported[variant]
+    check_graph(folder / file)
+    check_dynamic_batch(folder / file, lr_faces)
+
+
+def test_fp16_file_computes_in_half(exported):
+    model = onnx.load(exported["plain"][0] / exporter.FP16_FILE)
+    kinds = {init.data_type for init in model.graph.initializer}
+    assert kinds == {onnx.TensorProto.FLOAT16}
+
+
+def test_slopes_of_each_layer_are_kept(exported):
+    model = onnx.load(exported["plain"][0] / exporter.FP32_FILE)
+    slopes = {node.input[1] for node in model.graph.node if node.op_type == "PRelu"}
+    assert len(slopes) == 10  # head, six residual blocks, three upsampling blocks
+
+
+# ----- the shipped files -----
+
+@pytest.fixture(scope="module")
+def shipped_card() -> dict:
+    return json.loads((SHIPPED / exporter.CARD_FILE).read_text())
+
+
+def test_shipped_card_matches_the_files(shipped_card):
+    assert set(shipped_card["files"]) == {"fp32", "fp16"}
+    for entry in shipped_card["files"].values():
+        data = (SHIPPED / entry["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert len(data) == entry["bytes"]
+    assert (SHIPPED / exporter.FP32_FILE).stat().st_size < 5_000_000
+
+
+@pytest.mark.parametrize("file", [exporter.FP32_FILE, exporter.FP16_FILE])
+def test_shipped_graphs(lr_faces, shipped_card, file):
+    check_graph(SHIPPED / file)
+    check_dynamic_batch(SHIPPED / file, lr_faces)
+    properties = {p.key: p.value for p in onnx.load(SHIPPED / file).metadata_props}
+    assert properties["precision"] == ("fp16" if "fp16" in file else "fp32")
+    for key in ("name", "terms", "method", "alignment", "input", "output", "training", "export"):
+        value = shipped_card[key]
+        assert properties[key] == (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+
+
+def test_shipped_placeholder_matches_its_seed(lr_faces, shipped_card):
+    if not shipped_card["placeholder"]:
+        pytest.skip("trained weights: the source weights file is not part of the checkout")
+    generator, _ = exporter.make_generator(None, shipped_card["training"]["seed"])
+    with torch.no_grad():
+        reference = generator(torch.from_numpy(lr_faces)).numpy()
+    assert np.abs(run(SHIPPED / exporter.FP32_FILE, lr_faces) - reference).max() <= 1e-4
