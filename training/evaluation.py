@@ -221,20 +221,18 @@ def numpy_match(probes: np.ndarray, gallery: np.ndarray, k: int, chunk: int = 40
     return indices, scores
 
 
-def _resolve_match() -> Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
+def match(probes: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k cosine matching: the compiled ``iafsr_sdk.ops.match`` where it is built, else :func:`numpy_match`
+    (same order: best first, ties to the lower gallery index; zero-norm rows score 0)."""
+    probes = np.ascontiguousarray(probes, dtype=np.float32)
+    gallery = np.ascontiguousarray(gallery, dtype=np.float32)
     try:
         from iafsr_sdk import ops
 
-        return ops.match
-    except (ImportError, AttributeError) as error:
+        indices, scores = ops.match(probes, gallery, k)
+    except ImportError as error:  # no ops module, or its extension is not built (ExtensionNotBuiltError)
         log.debug("iafsr_sdk.ops.match unavailable (%s); using the numpy top-k", error)
-        return numpy_match
-
-
-def match(probes: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k cosine matching: the compiled ``iafsr_sdk.ops.match`` where built, else :func:`numpy_match`."""
-    indices, scores = _resolve_match()(np.ascontiguousarray(probes, dtype=np.float32),
-                                       np.ascontiguousarray(gallery, dtype=np.float32), k)
+        indices, scores = numpy_match(probes, gallery, k)
     return np.asarray(indices, dtype=np.int64), np.asarray(scores, dtype=np.float32)
 
 
