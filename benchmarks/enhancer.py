@@ -1,0 +1,242 @@
+"""Throughput of FaceEnhancer.enhance against a bare onnxruntime session and torch eager on the same weights.
+
+    python -m benchmarks.enhancer [--json PATH] [--batches 1 64] [--repeats 7] [--threads N] [--weights PT]
+
+Inputs are real LFW faces degraded to 16×16 (``tests/fixtures/sdk_lfw_lr16.npy``), tiled to each batch size.
+- ``sdk``: ``FaceEnhancer.enhance`` on uint8 NHWC faces, uint8 NHWC out (all conversions included).
+- ``ort``: a bare ``InferenceSession`` on the same ONNX file and options, fed a pre-made float32 NCHW array.
+- ``torch``: the generator in eval mode under ``torch.inference_mode`` with the same weights (the shipped
+  placeholder is rebuilt from its seed; trained weights need ``--weights``), float32 NCHW in and out.
+The contenders run interleaved, round after round, so background load hits them alike; each figure is the
+median of ``--repeats`` rounds. SDK overhead = sdk time / ort time - 1, within this run.
+
+Then variants of the session (optimisation level, intra-op threads, execution mode, fp16) against the stock
+one, and the share of ``enhance`` spent outside onnxruntime (what a native post-processing kernel could win).
+Where CUDA works, the same at batch 256 on the GPU, fp32 and fp16, with and without I/O binding.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnxruntime
+
+from iafsr_sdk.enhancer import (CARD_FILE, MODEL_FILES, FaceEnhancer, _cuda_driver_present, _shipped_model_dir,
+                                _to_images, _to_network_input)
+
+log = logging.getLogger("benchmarks.enhancer")
+
+ROOT = Path(__file__).resolve().parents[1]
+FACES = ROOT / "tests" / "fixtures" / "sdk_lfw_lr16.npy"
+
+
+def tiled(faces: np.ndarray, count: int) -> np.ndarray:
+    return np.ascontiguousarray(np.resize(faces, (count,) + faces.shape[1:]))
+
+
+def nchw(faces: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(faces.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
+
+
+def race(contenders: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each contender, run interleaved."""
+    for run in contenders.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def session(path: Path, providers: list, threads: int | None, level: str = "all",
+            mode: str = "sequential") -> onnxruntime.InferenceSession:
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = {
+        "basic": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    options.execution_mode = (onnxruntime.ExecutionMode.ORT_PARALLEL if mode == "parallel"
+                              else onnxruntime.ExecutionMode.ORT_SEQUENTIAL)
+    if threads:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), options, providers=providers)
+
+
+def torch_generator(card: dict, weights: Path | None, threads: int | None):
+    """The torch generator with the ONNX file's weights, or None where torch or the weights are missing."""
+    try:
+        import torch
+
+        from export.generator import make_generator
+    except ImportError as error:
+        log.warning("torch baseline skipped: %s", error)
+        return None
+    if threads:
+        torch.set_num_threads(threads)
+    if weights is None and not card.get("placeholder"):
+        log.warning("torch baseline skipped: trained weights, pass --weights")
+        return None
+    generator, _ = make_generator(weights, card.get("training", {}).get("seed", 0))
+    generator.eval()
+
+    def run(lr: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return generator(torch.from_numpy(lr)).numpy()
+
+    return run
+
+
+def cpu_comparison(faces: np.ndarray, batches: list[int], repeats: int, threads: int | None,
+                   card: dict, weights: Path | None) -> list[dict]:
+    model = _shipped_model_dir() / MODEL_FILES["fp32"]
+    bare = session(model, ["CPUExecutionProvider"], threads)
+    run_torch = torch_generator(card, weights, threads)
+    rows = []
+    for batch in batches:
+        enhancer = FaceEnhancer(device="cpu", threads=threads, batch_size=batch)
+        uint8 = tiled(faces, batch)
+        lr = nchw(uint8)
+        contenders: dict[str, Callable[[], Any]] = {
+            "sdk": lambda: enhancer.enhance(uint8),
+            "ort": lambda: bare.run(None, {"lr": lr}),
+        }
+        if run_torch is not None:
+            contenders["torch"] = lambda: run_torch(lr)
+        seconds = race(contenders, repeats if batch > 8 else repeats * 5)
+        row = {"batch": batch, **{f"{name}_faces_per_s": batch / t for name, t in seconds.items()},
+               "sdk_overhead_pct": 100 * (seconds["sdk"] / seconds["ort"] - 1)}
+        rows.append(row)
+        log.info("batch %3d: %s", batch, ", ".join(f"{k} {v:.1f}" for k, v in row.items() if k != "batch"))
+    return rows
+
+
+def cpu_variants(faces: np.ndarray, batch: int, repeats: int) -> list[dict]:
+    """Session settings against the stock session (onnxruntime's defaults), bare runs at one batch size."""
+    cores = os.cpu_count() or 1
+    lr = nchw(tiled(faces, batch))
+    fp32, fp16 = (_shipped_model_dir() / MODEL_FILES[p] for p in ("fp32", "fp16"))
+    cpu = ["CPUExecutionProvider"]
+    sessions = {
+        "stock (all, default threads, sequential)": session(fp32, cpu, None),
+        "optimisation basic": session(fp32, cpu, None, level="basic"),
+        "optimisation extended": session(fp32, cpu, None, level="extended"),
+        "1 intra-op thread": session(fp32, cpu, 1),
+        f"{cores} intra-op threads": session(fp32, cpu, cores),
+        "parallel execution mode": session(fp32, cpu, None, mode="parallel"),
+        "fp16 model": session(fp16, cpu, None),
+    }
+    seconds = race({name: (lambda s=s: s.run(None, {"lr": lr})) for name, s in sessions.items()}, repeats)
+    stock = seconds["stock (all, default threads, sequential)"]
+    rows = [{"variant": name, "batch": batch, "faces_per_s": batch / t, "vs_stock": stock / t}
+            for name, t in seconds.items()]
+    for row in rows:
+        log.info("%-42s %7.1f faces/s  ×%.2f", row["variant"], row["faces_per_s"], row["vs_stock"])
+    return rows
+
+
+def outside_onnxruntime(faces: np.ndarray, batches: list[int], repeats: int) -> list[dict]:
+    """Time of the SDK's own pre- and post-processing per call, and its share of a whole enhance call."""
+    enhancer = FaceEnhancer(device="cpu")
+    rows = []
+    for batch in batches:
+        uint8 = tiled(faces, batch)
+        sr = enhancer._session.run(None, {"lr": _to_network_input(uint8, False)})[0]
+        out = np.empty((batch, 128, 128, 3), np.uint8)
+        pre, post = [], []
+        for _ in range(repeats * 5):
+            start = time.perf_counter()
+            _to_network_input(uint8, False)
+            pre.append(time.perf_counter() - start)
+            fresh = sr.copy()  # post-processing works in place on onnxruntime's output
+            start = time.perf_counter()
+            _to_images(fresh, out, False)
+            post.append(time.perf_counter() - start)
+        whole = race({"enhance": lambda: enhancer.enhance(uint8)}, repeats)["enhance"]
+        row = {"batch": batch, "pre_ms": 1e3 * statistics.median(pre), "post_ms": 1e3 * statistics.median(post),
+               "enhance_ms": 1e3 * whole}
+        row["share_pct"] = 100 * (row["pre_ms"] + row["post_ms"]) / row["enhance_ms"]
+        rows.append(row)
+        log.info("batch %3d: pre %.3f ms, post %.3f ms of %.1f ms per call (%.2f %%)", batch, row["pre_ms"],
+                 row["post_ms"], row["enhance_ms"], row["share_pct"])
+    return rows
+
+
+def gpu(faces: np.ndarray, batch: int, repeats: int) -> list[dict]:
+    """CUDA provider at one batch size: fp32 / fp16 files, plain runs and I/O binding, and the SDK."""
+    rows = []
+    lr = nchw(tiled(faces, batch))
+    uint8 = tiled(faces, batch)
+    for precision in ("fp32", "fp16"):
+        path = _shipped_model_dir() / MODEL_FILES[precision]
+        cuda = session(path, ["CUDAExecutionProvider", "CPUExecutionProvider"], None)
+        if "CUDAExecutionProvider" not in cuda.get_providers():
+            log.warning("CUDA could not be started: no GPU figures")
+            return []
+        binding = cuda.io_binding()
+        device_input = onnxruntime.OrtValue.ortvalue_from_numpy(lr, "cuda", 0)
+        binding.bind_ortvalue_input("lr", device_input)
+        binding.bind_output("sr", "cuda", 0)
+
+        def bound() -> None:
+            cuda.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        enhancer = FaceEnhancer(device="cuda", precision=precision, batch_size=batch)
+        seconds = race({"run (host in/out)": lambda: cuda.run(None, {"lr": lr}), "io binding (device in/out)": bound,
+                        "sdk (uint8 host in/out)": lambda: enhancer.enhance(uint8)}, repeats * 3)
+        for name, t in seconds.items():
+            rows.append({"precision": precision, "path": name, "batch": batch, "faces_per_s": batch / t})
+            log.info("cuda %s %-28s batch %d: %8.0f faces/s", precision, name, batch, batch / t)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="FaceEnhancer throughput against bare onnxruntime and torch.")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds at batch > 8 (×5 below)")
+    parser.add_argument("--threads", type=int, help="intra-op threads for onnxruntime and torch (default: theirs)")
+    parser.add_argument("--weights", type=Path, help="trained generator weights for the torch baseline")
+    parser.add_argument("--gpu-batch", type=int, default=256)
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(message)s")
+    log.setLevel(logging.INFO)
+
+    faces = np.load(FACES)
+    card = json.loads((_shipped_model_dir() / CARD_FILE).read_text())
+    results: dict[str, Any] = {
+        "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                    "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+                    "onnxruntime": onnxruntime.__version__, "placeholder_model": card.get("placeholder")},
+    }
+    log.info("== FaceEnhancer vs bare onnxruntime vs torch eager (CPU, faces/s) ==")
+    results["cpu"] = cpu_comparison(faces, args.batches, args.repeats, args.threads, card, args.weights)
+    log.info("== session variants (bare onnxruntime, CPU, batch %d) ==", max(args.batches))
+    results["cpu_variants"] = cpu_variants(faces, max(args.batches), args.repeats)
+    log.info("== SDK work outside onnxruntime ==")
+    results["outside_onnxruntime"] = outside_onnxruntime(faces, args.batches, args.repeats)
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers() and _cuda_driver_present():
+        log.info("== GPU (batch %d) ==", args.gpu_batch)
+        results["gpu"] = gpu(faces, args.gpu_batch, args.repeats)
+    results["machine"]["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        log.info("wrote %s", args.json)
+
+
+if __name__ == "__main__":
+    main()
