@@ -144,7 +144,9 @@ Buffer from_cuda_array_interface(py::handle obj, const char* op, const char* nam
 
 Buffer to_buffer(py::handle obj, const char* op, const char* name) {
   if (py::isinstance<py::array>(obj)) return from_numpy(obj, op, name);
-  if (py::hasattr(obj, "__cuda_array_interface__")) return from_cuda_array_interface(obj, op, name);
+  // Looked up on the type too, so that a property that raises is reported as such.
+  if (py::hasattr(py::type::handle_of(obj), "__cuda_array_interface__") || py::hasattr(obj, "__cuda_array_interface__"))
+    return from_cuda_array_interface(obj, op, name);
   fail_type(std::string(op) + ": expected " + name +
             " to be a numpy array or a CUDA array (__cuda_array_interface__), got " + type_name(obj));
 }
