@@ -63,6 +63,7 @@ class Config:
     log_every: int = 25
     validate_every: int = 500
     checkpoint_every: int = 250
+    snapshot_every: int = 0  # when > 0, EMA weights also go to <out>/snapshots/ for learning curves
     channels_last: bool = True
     bf16: bool = False  # generator (and discriminator) under CPU bfloat16 autocast: ~1.5× on CPUs with AMX
 
@@ -407,6 +408,10 @@ class Trainer:
                     progress.set_postfix(loss=f"{metrics['loss']:.3g}", sps=f"{speed:.1f}")
                 if self.step % self.config.validate_every == 0 or self.step == self.total_steps:
                     self.maybe_validate(log_file)
+                if self.dist.main and self.config.snapshot_every and self.step % self.config.snapshot_every == 0:
+                    (self.out / "snapshots").mkdir(exist_ok=True)
+                    save_generator(self.out / "snapshots" / f"step_{self.step:06d}.pt", self.ema,
+                                   self.generator_config())
                 stop = self._agree_to_stop()
                 if self.step % self.config.checkpoint_every == 0 or self.step == self.total_steps or stop:
                     self.save_checkpoint()
