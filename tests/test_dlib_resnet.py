@@ -236,3 +236,28 @@ def test_chip_to_image_matrix_matches_dlib_extraction():
     ours = cv2.warpAffine(image, matrix, (30, 40), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
     assert chip.shape == ours.shape == (40, 30)
     assert np.abs(chip - ours).max() < 0.1
+
+
+# --- the training-pool filter's arithmetic ----------------------------------------------------------------
+
+
+def test_pool_filter_nearest_matches_brute_force():
+    from training import filter_pool
+
+    rng = np.random.default_rng(0)
+    queries, references = rng.normal(size=(37, 128)).astype(np.float32), rng.normal(size=(50, 128)).astype(np.float32)
+    distances, indices = filter_pool.nearest(queries, references, chunk=8)
+    full = np.linalg.norm(queries[:, None].astype(np.float64) - references[None], axis=2)
+    np.testing.assert_array_equal(indices, full.argmin(1))
+    np.testing.assert_allclose(distances, full.min(1), rtol=1e-9)
+
+
+def test_pool_filter_same_identity_pairs_are_capped_per_identity():
+    from training import filter_pool
+
+    labels = np.array(["a"] * 10 + ["b"] * 2 + ["c"])
+    descriptors = np.zeros((len(labels), 128), np.float32)
+    descriptors[:, 0] = np.arange(len(labels))
+    distances = filter_pool.same_identity_distances(descriptors, labels, np.random.default_rng(0), per_identity=5)
+    assert len(distances) == 5 + 1  # "a" capped at 5 of its 45 pairs, "b" has one, "c" none
+    assert 1.0 in distances
