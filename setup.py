@@ -139,6 +139,7 @@ class BuildExtension(build_ext):
             path.write_text(header)
         for ext in self.extensions:
             ext.include_dirs.append(str(generated))
+            ext.depends.append(str(path))  # a changed configuration (e.g. IAFSR_CUDA) rebuilds the extension
         report(f"C++ compiler: {info['COMPILER']}")
 
         if self.cuda:

@@ -164,8 +164,11 @@ class _Call:
                 out = cupy.empty(shape, dtype=dtype)
             return out, out
         torch = sys.modules["torch"]
+        if not self.cuda:  # numpy's allocation is cheaper to fault in than torch's; the tensor shares it
+            out = np.empty(shape, dtype=dtype)
+            return torch.from_numpy(out), out
         out = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
-        return out, (out if self.cuda else out.numpy())
+        return out, out
 
     def stream(self) -> int:
         """The caller's current CUDA stream on the arrays' device (0 on the host)."""

@@ -37,9 +37,6 @@ double deinterleave2_baseline(const float* g, const float* a, const float* b, fl
 }
 
 #if IAFSR_X86
-// kStream: non-temporal stores (out must be 32-byte aligned), for outputs much larger than the caches,
-// so that writing does not first read each destination line.
-template <bool kStream>
 __attribute__((target("avx2"))) void interleave2_avx2(const float* a, const float* b, float s, float* out,
                                                       int64_t w) {
   const __m256 vs = _mm256_set1_ps(s), zero = _mm256_setzero_ps();
@@ -50,13 +47,8 @@ __attribute__((target("avx2"))) void interleave2_avx2(const float* a, const floa
     vb = _mm256_blendv_ps(_mm256_mul_ps(vb, vs), vb, _mm256_cmp_ps(vb, zero, _CMP_GT_OQ));
     __m256 lo = _mm256_unpacklo_ps(va, vb);  // a0 b0 a1 b1 | a4 b4 a5 b5
     __m256 hi = _mm256_unpackhi_ps(va, vb);  // a2 b2 a3 b3 | a6 b6 a7 b7
-    if (kStream) {
-      _mm256_stream_ps(out + 2 * i, _mm256_permute2f128_ps(lo, hi, 0x20));
-      _mm256_stream_ps(out + 2 * i + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
-    } else {
-      _mm256_storeu_ps(out + 2 * i, _mm256_permute2f128_ps(lo, hi, 0x20));
-      _mm256_storeu_ps(out + 2 * i + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
-    }
+    _mm256_storeu_ps(out + 2 * i, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(out + 2 * i + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
   }
   interleave2_baseline(a + i, b + i, s, out + 2 * i, w - i);
 }
@@ -89,10 +81,9 @@ __attribute__((target("avx2"))) double deinterleave2_avx2(const float* g, const 
 
 #endif
 
-void interleave2(bool avx2, bool stream, const float* a, const float* b, float s, float* out, int64_t w) {
+void interleave2(bool avx2, const float* a, const float* b, float s, float* out, int64_t w) {
 #if IAFSR_X86
-  if (avx2 && stream && reinterpret_cast<uintptr_t>(out) % 32 == 0) return interleave2_avx2<true>(a, b, s, out, w);
-  if (avx2) return interleave2_avx2<false>(a, b, s, out, w);
+  if (avx2) return interleave2_avx2(a, b, s, out, w);
 #endif
   interleave2_baseline(a, b, s, out, w);
 }
@@ -105,23 +96,11 @@ double deinterleave2(bool avx2, const float* g, const float* a, const float* b, 
   return deinterleave2_baseline(g, a, b, s, ga, gb, w);
 }
 
-// Orders non-temporal stores before the thread's work is reported done.
-void finish_streaming(bool stream) {
-#if IAFSR_X86
-  if (stream) _mm_sfence();
-#endif
-  (void)stream;
-}
-
 }  // namespace
-
-// Outputs above this size are written with non-temporal stores.
-constexpr int64_t kStreamBytes = int64_t(16) << 20;
 
 void pixel_shuffle_prelu(const float* x, const float* slope, bool slope_per_channel, float* out, int64_t n,
                          int64_t channels_out, int64_t h, int64_t w, int64_t r) {
   const bool avx2 = active_simd() != Simd::baseline;
-  const bool stream = avx2 && n * channels_out * h * w * r * r * 4 > kStreamBytes;
   const int64_t plane = h * w;  // one input channel
   const int64_t out_row = w * r;
   // One unit = input row h of output channel c of image b: writes r output rows.
@@ -137,7 +116,7 @@ void pixel_shuffle_prelu(const float* x, const float* slope, bool slope_per_chan
       for (int64_t i = 0; i < r; ++i, dst += out_row) {
         if (r == 2) {
           const float* a = src + (2 * i) * plane;
-          interleave2(avx2, stream, a, a + plane, s, dst, w);
+          interleave2(avx2, a, a + plane, s, dst, w);
           continue;
         }
         for (int64_t j = 0; j < r; ++j) {
@@ -146,7 +125,6 @@ void pixel_shuffle_prelu(const float* x, const float* slope, bool slope_per_chan
         }
       }
     }
-    finish_streaming(stream);
   });
 }
 
