@@ -9,6 +9,7 @@ namespace cuda {
 
 constexpr int kScoreTile = 64;
 constexpr int kScoreDepth = 16;
+constexpr int kScorePad = 4;  // keeps rows 16-byte aligned for float4 reads, spreads the stores over banks
 constexpr int64_t kMaxTileRowsPerLaunch = int64_t(65535) * kScoreTile;  // gridDim.y limit
 
 template <typename T>
@@ -28,8 +29,8 @@ template <typename T>
 __global__ void score_tile_kernel(const T* __restrict__ a, const float* __restrict__ inv_a, const T* __restrict__ b,
                                   const float* __restrict__ inv_b, float* __restrict__ out, int64_t rows_a,
                                   int64_t rows_b, int64_t dim, int64_t out_stride) {
-  __shared__ __align__(16) float a_tile[kScoreDepth][kScoreTile];
-  __shared__ __align__(16) float b_tile[kScoreDepth][kScoreTile];
+  __shared__ __align__(16) float a_tile[kScoreDepth][kScoreTile + kScorePad];
+  __shared__ __align__(16) float b_tile[kScoreDepth][kScoreTile + kScorePad];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kScoreTile;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kScoreTile;
