@@ -1,6 +1,6 @@
 """Throughput of FaceEnhancer.enhance against a bare onnxruntime session and torch eager on the same weights.
 
-    python -m benchmarks.enhancer [--json PATH] [--batches 1 64] [--repeats 7] [--threads N] [--weights PT]
+    python -m benchmarks.enhancer [--json PATH] [--batches 1 64] [--rounds 5] [--threads N] [--weights PT]
 
 Inputs are real LFW faces degraded to 16×16 (``tests/fixtures/sdk_lfw_lr16.npy``), tiled to each batch size.
 - ``sdk``: ``FaceEnhancer.enhance`` on uint8 NHWC faces, uint8 NHWC out (all conversions included).
@@ -8,7 +8,7 @@ Inputs are real LFW faces degraded to 16×16 (``tests/fixtures/sdk_lfw_lr16.npy`
 - ``torch``: the generator in eval mode under ``torch.inference_mode`` with the same weights (the shipped
   placeholder is rebuilt from its seed; trained weights need ``--weights``), float32 NCHW in and out.
 The contenders run interleaved, round after round, so background load hits them alike; each figure is the
-median of ``--repeats`` rounds. SDK overhead = sdk time / ort time - 1, within this run.
+median over ``--rounds`` turns. SDK overhead = sdk time / ort time - 1, within this run.
 
 Then variants of the session (optimisation level, intra-op threads, execution mode, fp16) against the stock
 one, and the share of ``enhance`` spent outside onnxruntime (what a native post-processing kernel could win).
@@ -46,17 +46,21 @@ def nchw(faces: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(faces.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
 
 
-def race(contenders: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each contender, run interleaved."""
-    for run in contenders.values():
-        for _ in range(warmup):
-            run()
+def race(contenders: dict[str, Callable[[], Any]], rounds: int, calls: int = 1) -> dict[str, float]:
+    """Median seconds per call of each contender.
+
+    Contenders take turns, round after round, so that background load hits them alike. Each turn starts
+    with an untimed call: onnxruntime's and torch's worker threads keep spinning for a while after a call,
+    which would slow down whichever contender runs next.
+    """
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for name, run in contenders.items():
-            start = time.perf_counter()
             run()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(calls):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -99,7 +103,7 @@ def torch_generator(card: dict, weights: Path | None, threads: int | None):
     return run
 
 
-def cpu_comparison(faces: np.ndarray, batches: list[int], repeats: int, threads: int | None,
+def cpu_comparison(faces: np.ndarray, batches: list[int], rounds: int, threads: int | None,
                    card: dict, weights: Path | None) -> list[dict]:
     model = _shipped_model_dir() / MODEL_FILES["fp32"]
     bare = session(model, ["CPUExecutionProvider"], threads)
@@ -115,7 +119,7 @@ def cpu_comparison(faces: np.ndarray, batches: list[int], repeats: int, threads:
         }
         if run_torch is not None:
             contenders["torch"] = lambda: run_torch(lr)
-        seconds = race(contenders, repeats if batch > 8 else repeats * 5)
+        seconds = race(contenders, rounds, calls=1 if batch > 8 else 10)
         row = {"batch": batch, **{f"{name}_faces_per_s": batch / t for name, t in seconds.items()},
                "sdk_overhead_pct": 100 * (seconds["sdk"] / seconds["ort"] - 1)}
         rows.append(row)
@@ -123,7 +127,7 @@ def cpu_comparison(faces: np.ndarray, batches: list[int], repeats: int, threads:
     return rows
 
 
-def cpu_variants(faces: np.ndarray, batch: int, repeats: int) -> list[dict]:
+def cpu_variants(faces: np.ndarray, batch: int, rounds: int) -> list[dict]:
     """Session settings against the stock session (onnxruntime's defaults), bare runs at one batch size."""
     cores = os.cpu_count() or 1
     lr = nchw(tiled(faces, batch))
@@ -138,7 +142,7 @@ def cpu_variants(faces: np.ndarray, batch: int, repeats: int) -> list[dict]:
         "parallel execution mode": session(fp32, cpu, None, mode="parallel"),
         "fp16 model": session(fp16, cpu, None),
     }
-    seconds = race({name: (lambda s=s: s.run(None, {"lr": lr})) for name, s in sessions.items()}, repeats)
+    seconds = race({name: (lambda s=s: s.run(None, {"lr": lr})) for name, s in sessions.items()}, rounds)
     stock = seconds["stock (all, default threads, sequential)"]
     rows = [{"variant": name, "batch": batch, "faces_per_s": batch / t, "vs_stock": stock / t}
             for name, t in seconds.items()]
@@ -147,35 +151,41 @@ def cpu_variants(faces: np.ndarray, batch: int, repeats: int) -> list[dict]:
     return rows
 
 
-def outside_onnxruntime(faces: np.ndarray, batches: list[int], repeats: int) -> list[dict]:
+def pre_post_ms(uint8: np.ndarray, sr: np.ndarray, repeats: int) -> tuple[float, float]:
+    """Median milliseconds of the SDK's pre-processing (uint8 NHWC → float NCHW) and post-processing."""
+    out = np.empty((len(uint8), 128, 128, 3), np.uint8)
+    pre, post = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _to_network_input(uint8, False)
+        pre.append(time.perf_counter() - start)
+        fresh = sr.copy()  # post-processing works in place on onnxruntime's output
+        start = time.perf_counter()
+        _to_images(fresh, out, False)
+        post.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(pre), 1e3 * statistics.median(post)
+
+
+def outside_onnxruntime(faces: np.ndarray, batches: list[int], rounds: int) -> list[dict]:
     """Time of the SDK's own pre- and post-processing per call, and its share of a whole enhance call."""
     enhancer = FaceEnhancer(device="cpu")
     rows = []
     for batch in batches:
         uint8 = tiled(faces, batch)
         sr = enhancer._session.run(None, {"lr": _to_network_input(uint8, False)})[0]
-        out = np.empty((batch, 128, 128, 3), np.uint8)
-        pre, post = [], []
-        for _ in range(repeats * 5):
-            start = time.perf_counter()
-            _to_network_input(uint8, False)
-            pre.append(time.perf_counter() - start)
-            fresh = sr.copy()  # post-processing works in place on onnxruntime's output
-            start = time.perf_counter()
-            _to_images(fresh, out, False)
-            post.append(time.perf_counter() - start)
-        whole = race({"enhance": lambda: enhancer.enhance(uint8)}, repeats)["enhance"]
-        row = {"batch": batch, "pre_ms": 1e3 * statistics.median(pre), "post_ms": 1e3 * statistics.median(post),
-               "enhance_ms": 1e3 * whole}
-        row["share_pct"] = 100 * (row["pre_ms"] + row["post_ms"]) / row["enhance_ms"]
+        pre, post = pre_post_ms(uint8, sr, rounds * 10)
+        whole = 1e3 * race({"enhance": lambda: enhancer.enhance(uint8)}, rounds)["enhance"]
+        row = {"batch": batch, "pre_ms": pre, "post_ms": post, "enhance_ms": whole,
+               "share_pct": 100 * (pre + post) / whole}
         rows.append(row)
-        log.info("batch %3d: pre %.3f ms, post %.3f ms of %.1f ms per call (%.2f %%)", batch, row["pre_ms"],
-                 row["post_ms"], row["enhance_ms"], row["share_pct"])
+        log.info("batch %3d: pre %.3f ms, post %.3f ms of %.1f ms per call (%.2f %%)", batch, pre, post, whole,
+                 row["share_pct"])
     return rows
 
 
-def gpu(faces: np.ndarray, batch: int, repeats: int) -> list[dict]:
-    """CUDA provider at one batch size: fp32 / fp16 files, plain runs and I/O binding, and the SDK."""
+def gpu(faces: np.ndarray, batch: int, rounds: int) -> list[dict]:
+    """CUDA provider at one batch size: fp32 / fp16 files, plain runs and I/O binding, and the SDK, with the
+    share of the SDK's host-side pre- and post-processing."""
     rows = []
     lr = nchw(tiled(faces, batch))
     uint8 = tiled(faces, batch)
@@ -196,10 +206,16 @@ def gpu(faces: np.ndarray, batch: int, repeats: int) -> list[dict]:
 
         enhancer = FaceEnhancer(device="cuda", precision=precision, batch_size=batch)
         seconds = race({"run (host in/out)": lambda: cuda.run(None, {"lr": lr}), "io binding (device in/out)": bound,
-                        "sdk (uint8 host in/out)": lambda: enhancer.enhance(uint8)}, repeats * 3)
+                        "sdk (uint8 host in/out)": lambda: enhancer.enhance(uint8)}, rounds, calls=5)
+        pre, post = pre_post_ms(uint8, cuda.run(None, {"lr": lr})[0], rounds * 10)
         for name, t in seconds.items():
-            rows.append({"precision": precision, "path": name, "batch": batch, "faces_per_s": batch / t})
+            rows.append({"precision": precision, "path": name, "batch": batch, "faces_per_s": batch / t,
+                         "ms_per_call": 1e3 * t})
             log.info("cuda %s %-28s batch %d: %8.0f faces/s", precision, name, batch, batch / t)
+        share = 100 * (pre + post) / (1e3 * seconds["sdk (uint8 host in/out)"])
+        rows.append({"precision": precision, "path": "host pre+post in sdk", "batch": batch, "pre_ms": pre,
+                     "post_ms": post, "share_pct": share})
+        log.info("cuda %s host pre %.2f ms + post %.2f ms = %.1f %% of the sdk call", precision, pre, post, share)
     return rows
 
 
@@ -207,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="FaceEnhancer throughput against bare onnxruntime and torch.")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--repeats", type=int, default=7, help="timed rounds at batch > 8 (×5 below)")
+    parser.add_argument("--rounds", type=int, default=5, help="turns of each contender (1 timed call per turn "
+                        "above batch 8, 10 below)")
     parser.add_argument("--threads", type=int, help="intra-op threads for onnxruntime and torch (default: theirs)")
     parser.add_argument("--weights", type=Path, help="trained generator weights for the torch baseline")
     parser.add_argument("--gpu-batch", type=int, default=256)
@@ -223,14 +240,14 @@ def main(argv: list[str] | None = None) -> None:
                     "onnxruntime": onnxruntime.__version__, "placeholder_model": card.get("placeholder")},
     }
     log.info("== FaceEnhancer vs bare onnxruntime vs torch eager (CPU, faces/s) ==")
-    results["cpu"] = cpu_comparison(faces, args.batches, args.repeats, args.threads, card, args.weights)
+    results["cpu"] = cpu_comparison(faces, args.batches, args.rounds, args.threads, card, args.weights)
     log.info("== session variants (bare onnxruntime, CPU, batch %d) ==", max(args.batches))
-    results["cpu_variants"] = cpu_variants(faces, max(args.batches), args.repeats)
+    results["cpu_variants"] = cpu_variants(faces, max(args.batches), args.rounds)
     log.info("== SDK work outside onnxruntime ==")
-    results["outside_onnxruntime"] = outside_onnxruntime(faces, args.batches, args.repeats)
+    results["outside_onnxruntime"] = outside_onnxruntime(faces, args.batches, args.rounds)
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers() and _cuda_driver_present():
         log.info("== GPU (batch %d) ==", args.gpu_batch)
-        results["gpu"] = gpu(faces, args.gpu_batch, args.repeats)
+        results["gpu"] = gpu(faces, args.gpu_batch, args.rounds)
     results["machine"]["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
