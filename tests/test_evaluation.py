@@ -259,9 +259,16 @@ def test_evaluate_end_to_end_on_synthetic_cache(tmp_path):
     assert "| colour | Bicubic | 100.00 ± 0.00 | 100.00 | 100.00 | 100.00 |" in table
 
 
-def test_super_resolve_checks_shape_and_quantizes():
-    lr = np.zeros((3, 16, 16, 3), np.uint8)
-    out = ev.super_resolve(lambda x: np.full((len(x), 128, 128, 3), 0.5, np.float32), lr, batch_size=2)
+def test_degrade_and_super_resolve_checks_shape_and_quantizes():
+    hr = np.zeros((3, 128, 128, 3), np.uint8)
+    seen = []
+
+    def half_grey(lr):
+        seen.append(lr.shape)
+        return np.full((len(lr), 128, 128, 3), 0.5, np.float32)
+
+    out = ev.degrade_and_super_resolve(half_grey, hr, batch_size=2)
+    assert seen == [(2, 16, 16, 3), (1, 16, 16, 3)]
     assert out.dtype == np.uint8 and out.shape == (3, 128, 128, 3) and (out == 128).all()
     with pytest.raises(ValueError, match="expected"):
-        ev.super_resolve(lambda x: np.zeros((len(x), 64, 64, 3), np.uint8), lr)
+        ev.degrade_and_super_resolve(lambda x: np.zeros((len(x), 64, 64, 3), np.uint8), hr)

@@ -412,18 +412,20 @@ def hr_judge_fallback_rate(folder: Path, recognizer: str) -> float | None:
     return json.loads(meta_path.read_text()).get("judge_fallback_rate") if meta_path.exists() else None
 
 
-def super_resolve(sr_fn: SRFunction, lr_faces: np.ndarray, batch_size: int = BATCH_SIZE, desc: str = "SR") -> np.ndarray:
-    """Apply ``sr_fn`` in batches; float outputs in [0, 1] are stored as 8-bit images, as a product would."""
-    out = np.empty((len(lr_faces), HR_SIZE, HR_SIZE, 3), dtype=np.uint8)
-    for start in tqdm(range(0, len(lr_faces), batch_size), desc=desc, unit="batch", leave=False):
-        batch = lr_faces[start:start + batch_size]
-        result = np.asarray(sr_fn(batch))
-        if result.shape != (len(batch), HR_SIZE, HR_SIZE, 3):
-            raise ValueError(f"sr_fn returned shape {result.shape} for {len(batch)} faces, expected "
-                             f"({len(batch)}, {HR_SIZE}, {HR_SIZE}, 3)")
+def degrade_and_super_resolve(sr_fn: SRFunction, hr_faces: np.ndarray, batch_size: int = BATCH_SIZE,
+                              desc: str = "SR") -> np.ndarray:
+    """Degrade HR faces 128→16 and apply ``sr_fn``, batch by batch (so no float copy of the whole set is
+    made); float outputs in [0, 1] are stored as 8-bit images, as a product would."""
+    out = np.empty((len(hr_faces), HR_SIZE, HR_SIZE, 3), dtype=np.uint8)
+    for start in tqdm(range(0, len(hr_faces), batch_size), desc=desc, unit="batch", leave=False):
+        lr = degrade(hr_faces[start:start + batch_size])
+        result = np.asarray(sr_fn(lr))
+        if result.shape != (len(lr), HR_SIZE, HR_SIZE, 3):
+            raise ValueError(f"sr_fn returned shape {result.shape} for {len(lr)} faces, expected "
+                             f"({len(lr)}, {HR_SIZE}, {HR_SIZE}, 3)")
         if result.dtype != np.uint8:
             result = np.clip(np.rint(result.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
-        out[start:start + len(batch)] = result
+        out[start:start + len(lr)] = result
     return out
 
 
@@ -452,7 +454,7 @@ def evaluate_lfw(sr_fn: SRFunction | None, recognizers: Mapping[str, EmbedFuncti
         probe_rows = rows[np.arange(len(pairs)), side]
         other_rows = rows[np.arange(len(pairs)), 1 - side]
         lr_rows, inverse = np.unique(probe_rows, return_inverse=True)
-        sr_faces = super_resolve(sr_fn, degrade(load_faces(folder, lr_rows)), batch_size, desc="LFW SR")
+        sr_faces = degrade_and_super_resolve(sr_fn, load_faces(folder, lr_rows), batch_size, desc="LFW SR")
         result["lr_faces"] = len(lr_rows)
     for name, embed in recognizers.items():
         hr = hr_features(folder, name, embed, batch_size)
@@ -487,7 +489,8 @@ def evaluate_celeba(sr_fn: SRFunction | None, recognizers: Mapping[str, EmbedFun
               "probes": len(split.probe_rows), "skipped_identities": split.skipped_identities}
     sr_faces = None
     if sr_fn is not None:
-        sr_faces = super_resolve(sr_fn, degrade(load_faces(folder, split.probe_rows)), batch_size, desc="CelebA SR")
+        sr_faces = degrade_and_super_resolve(sr_fn, load_faces(folder, split.probe_rows), batch_size,
+                                             desc="CelebA SR")
     for name, embed in recognizers.items():
         hr = hr_features(folder, name, embed, batch_size)
         if sr_faces is None:
