@@ -347,11 +347,7 @@ class _DlibEmbedder:
         return np.asarray(self.judge.embed(np.ascontiguousarray(faces)), dtype=np.float32)
 
 
-def _dlib_embedder() -> EmbedFunction:
-    return _DlibEmbedder()
-
-
-_EMBEDDERS = {"sface": _sface_embedder, "dlib": _dlib_embedder}
+_EMBEDDERS = {"sface": _sface_embedder, "dlib": _DlibEmbedder}
 # A change to the recognizer's source invalidates its cached features.
 _RECOGNIZER_SOURCES = {"sface": "recognizers/sface.py", "dlib": "recognizers/dlib_resnet.py"}
 
