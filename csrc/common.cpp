@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <exception>
 #include <sstream>
@@ -151,25 +152,28 @@ int cpu_threads() {
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   grain = std::max<int64_t>(grain, 1);
-  int64_t parts = std::min<int64_t>(cpu_threads(), (n + grain - 1) / grain);
-  if (parts <= 1) {
+  const int64_t threads = std::min<int64_t>(cpu_threads(), (n + grain - 1) / grain);
+  if (threads <= 1) {
     fn(0, n);
     return;
   }
-  auto begin_of = [&](int64_t part) { return n * part / parts; };
-  // An exception in a worker (e.g. std::bad_alloc) is carried to the caller instead of terminating.
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(parts));
-  auto run_part = [&](int64_t part) {
+  // Several chunks per thread, taken in turn: a thread that the OS deschedules (other processes share the
+  // CPUs) holds up only its current chunk.
+  const int64_t chunks = std::min<int64_t>((n + grain - 1) / grain, threads * 8);
+  std::atomic<int64_t> next{0};
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
+  auto work = [&](int64_t thread) {
     try {
-      fn(begin_of(part), begin_of(part + 1));
+      for (int64_t chunk = next++; chunk < chunks; chunk = next++) fn(n * chunk / chunks, n * (chunk + 1) / chunks);
     } catch (...) {
-      errors[static_cast<size_t>(part)] = std::current_exception();
+      errors[static_cast<size_t>(thread)] = std::current_exception();
+      next = chunks;  // the others stop after their current chunk
     }
   };
   std::vector<std::thread> workers;
-  workers.reserve(static_cast<size_t>(parts - 1));
-  for (int64_t part = 1; part < parts; ++part) workers.emplace_back(run_part, part);
-  run_part(0);
+  workers.reserve(static_cast<size_t>(threads - 1));
+  for (int64_t thread = 1; thread < threads; ++thread) workers.emplace_back(work, thread);
+  work(0);
   for (std::thread& t : workers) t.join();
   for (const std::exception_ptr& error : errors)
     if (error) std::rethrow_exception(error);

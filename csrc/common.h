@@ -75,9 +75,9 @@ void check_no_overlap(const char* op, std::initializer_list<NamedBuffer> outputs
 
 // CPU threads: IAFSR_NUM_THREADS when set to a positive integer, else the CPUs this process may run on.
 int cpu_threads();
-// Splits [0, n) into at most cpu_threads() contiguous ranges of at least `grain` items and runs
-// fn(begin, end) on each, the calling thread taking the first. The split depends only on n, grain
-// and the thread count, so per-range results combine deterministically.
+// Splits [0, n) into contiguous ranges of at least `grain` items and runs fn(begin, end) on each, on up
+// to cpu_threads() threads (the calling one included). Which thread runs a range varies from call to call,
+// so fn must write per-item results only (as every kernel does); an exception in fn is rethrown here.
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
 }  // namespace iafsr
