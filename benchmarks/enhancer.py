@@ -4,11 +4,13 @@
 
 Inputs are real LFW faces degraded to 16×16 (``tests/fixtures/sdk_lfw_lr16.npy``), tiled to each batch size.
 - ``sdk``: ``FaceEnhancer.enhance`` on uint8 NHWC faces, uint8 NHWC out (all conversions included).
-- ``ort``: a bare ``InferenceSession`` on the same ONNX file and options, fed a pre-made float32 NCHW array.
+- ``ort``: a bare ``InferenceSession`` on the same ONNX file with onnxruntime's stock options, fed a pre-made
+  float32 NCHW array; ``ort_no_arena``: the same with the SDK's one change (no CPU memory arena).
 - ``torch``: the generator in eval mode under ``torch.inference_mode`` with the same weights (the shipped
   placeholder is rebuilt from its seed; trained weights need ``--weights``), float32 NCHW in and out.
 The contenders run interleaved, round after round, so background load hits them alike; each figure is the
-median over ``--rounds`` turns. SDK overhead = sdk time / ort time - 1, within this run.
+median over ``--rounds`` turns. SDK overhead = sdk time / ort time - 1 (and against ``ort_no_arena``: the wrapper's own cost), within this
+run. The resident memory of a process with and without the arena is measured in subprocesses.
 
 Then variants of the session (optimisation level, intra-op threads, execution mode, fp16) against the stock
 one, and the share of ``enhance`` spent outside onnxruntime (what a native post-processing kernel could win).
@@ -22,6 +24,8 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -65,8 +69,9 @@ def race(contenders: dict[str, Callable[[], Any]], rounds: int, calls: int = 1) 
 
 
 def session(path: Path, providers: list, threads: int | None, level: str = "all",
-            mode: str = "sequential") -> onnxruntime.InferenceSession:
+            mode: str = "sequential", arena: bool = True) -> onnxruntime.InferenceSession:
     options = onnxruntime.SessionOptions()
+    options.enable_cpu_mem_arena = arena
     options.graph_optimization_level = {
         "basic": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -107,6 +112,7 @@ def cpu_comparison(faces: np.ndarray, batches: list[int], rounds: int, threads: 
                    card: dict, weights: Path | None) -> list[dict]:
     model = _shipped_model_dir() / MODEL_FILES["fp32"]
     bare = session(model, ["CPUExecutionProvider"], threads)
+    bare_no_arena = session(model, ["CPUExecutionProvider"], threads, arena=False)  # the SDK's options
     run_torch = torch_generator(card, weights, threads)
     rows = []
     for batch in batches:
@@ -116,12 +122,14 @@ def cpu_comparison(faces: np.ndarray, batches: list[int], rounds: int, threads: 
         contenders: dict[str, Callable[[], Any]] = {
             "sdk": lambda: enhancer.enhance(uint8),
             "ort": lambda: bare.run(None, {"lr": lr}),
+            "ort_no_arena": lambda: bare_no_arena.run(None, {"lr": lr}),
         }
         if run_torch is not None:
             contenders["torch"] = lambda: run_torch(lr)
         seconds = race(contenders, rounds, calls=1 if batch > 8 else 10)
         row = {"batch": batch, **{f"{name}_faces_per_s": batch / t for name, t in seconds.items()},
-               "sdk_overhead_pct": 100 * (seconds["sdk"] / seconds["ort"] - 1)}
+               "sdk_overhead_pct": 100 * (seconds["sdk"] / seconds["ort"] - 1),
+               "sdk_overhead_same_options_pct": 100 * (seconds["sdk"] / seconds["ort_no_arena"] - 1)}
         rows.append(row)
         log.info("batch %3d: %s", batch, ", ".join(f"{k} {v:.1f}" for k, v in row.items() if k != "batch"))
     return rows
@@ -140,6 +148,7 @@ def cpu_variants(faces: np.ndarray, batch: int, rounds: int) -> list[dict]:
         "1 intra-op thread": session(fp32, cpu, 1),
         f"{cores} intra-op threads": session(fp32, cpu, cores),
         "parallel execution mode": session(fp32, cpu, None, mode="parallel"),
+        "no CPU memory arena (the SDK's choice)": session(fp32, cpu, None, arena=False),
         "fp16 model": session(fp16, cpu, None),
     }
     seconds = race({name: (lambda s=s: s.run(None, {"lr": lr})) for name, s in sessions.items()}, rounds)
@@ -149,6 +158,31 @@ def cpu_variants(faces: np.ndarray, batch: int, rounds: int) -> list[dict]:
     for row in rows:
         log.info("%-42s %7.1f faces/s  ×%.2f", row["variant"], row["faces_per_s"], row["vs_stock"])
     return rows
+
+
+MEMORY_PROBE = """
+import sys, numpy as np, onnxruntime as ort
+options = ort.SessionOptions()
+options.enable_cpu_mem_arena = sys.argv[2] == "arena"
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+lr = np.random.default_rng(0).random((int(sys.argv[3]), 3, 16, 16), dtype=np.float32)
+for _ in range(3):
+    session.run(None, {"lr": lr})
+print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) // 1024)
+"""
+
+
+def resident_memory(batch: int) -> dict[str, int]:
+    """Resident MB of a process after three runs at ``batch``, with and without onnxruntime's CPU arena."""
+    model = str(_shipped_model_dir() / MODEL_FILES["fp32"])
+    result = {}
+    for setting in ("arena", "no_arena"):
+        done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, model, setting, str(batch)],
+                              capture_output=True, text=True, check=True)
+        result[f"{setting}_rss_mb"] = int(done.stdout.strip())
+    log.info("batch %d: resident %d MB with the CPU arena, %d MB without", batch, result["arena_rss_mb"],
+             result["no_arena_rss_mb"])
+    return result
 
 
 def pre_post_ms(uint8: np.ndarray, sr: np.ndarray, repeats: int) -> tuple[float, float]:
@@ -243,6 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     results["cpu"] = cpu_comparison(faces, args.batches, args.rounds, args.threads, card, args.weights)
     log.info("== session variants (bare onnxruntime, CPU, batch %d) ==", max(args.batches))
     results["cpu_variants"] = cpu_variants(faces, max(args.batches), args.rounds)
+    if sys.platform.startswith("linux"):
+        log.info("== resident memory after batches of %d (CPU) ==", max(args.batches))
+        results["memory"] = resident_memory(max(args.batches))
     log.info("== SDK work outside onnxruntime ==")
     results["outside_onnxruntime"] = outside_onnxruntime(faces, args.batches, args.rounds)
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers() and _cuda_driver_present():
