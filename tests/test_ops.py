@@ -373,6 +373,40 @@ def test_cosine_matrix(device, dtype, rows_a, rows_b, dim, simd_level):
     np.testing.assert_array_equal(host(out)[:, 0], 0)
 
 
+def test_row_ops_copy_non_contiguous_views():
+    a = feature_rows(40, 24, seed=21).astype(np.float32)
+    b = feature_rows(30, 24, seed=22).astype(np.float32)
+    views = {
+        "transposed": np.ascontiguousarray(a.T).T,
+        "strided": np.repeat(a, 3, axis=0)[::3],
+        "reversed": a[::-1].copy()[::-1],
+        "column slice": np.concatenate([a, a], axis=1)[:, :24],
+    }
+    for name, view in views.items():
+        assert not view.flags.c_contiguous, name
+        np.testing.assert_array_equal(ops.l2_norm(view), ops.l2_norm(a))
+        np.testing.assert_array_equal(ops.l2_normalize(view), ops.l2_normalize(a))
+        np.testing.assert_array_equal(ops.cosine_matrix(view, b), ops.cosine_matrix(a, b))
+        np.testing.assert_array_equal(ops.cosine_similarity(view, a), ops.cosine_similarity(a, a))
+        for got, want in zip(ops.identity_loss(view, a), ops.identity_loss(a, a)):
+            np.testing.assert_array_equal(got, want)
+        for got, want in zip(ops.match(b, view, 3), ops.match(b, a, 3)):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_torch_tensors_in_torch_tensors_out():
+    torch = pytest.importorskip("torch")
+    a = torch.randn(12, 16, requires_grad=True)
+    b = torch.randn(20, 16)
+    result = ops.match(a, b, 4)
+    assert isinstance(result.indices, torch.Tensor) and result.indices.dtype == torch.int64
+    expected = ops.match(a.detach().numpy(), b.numpy(), 4)
+    np.testing.assert_array_equal(result.indices.numpy(), expected.indices)
+    loss = ops.identity_loss(a, b[:12])
+    assert all(isinstance(v, torch.Tensor) for v in loss) and loss.grad_cos.shape == (12, 16)
+    assert isinstance(ops.quality(b), torch.Tensor)
+
+
 def test_huge_finite_rows_do_not_overflow():
     x = np.full((2, 64), 1e30, np.float32)  # the sum of squares overflows float32, not float64
     np.testing.assert_allclose(ops.l2_norm(x), 8e30, rtol=1e-6)
