@@ -55,6 +55,7 @@ def lr_faces() -> np.ndarray:
 def exported(tmp_path_factory, lr_faces) -> dict[str, tuple[Path, Generator]]:
     """Two exports: plain generator through the command line (from a weights file), bicubic-skip variant
     through :func:`export.generator.export`."""
+    pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript (the train extra)")
     root = tmp_path_factory.mktemp("export")
     faces = root / "faces.npy"
     np.save(faces, (lr_faces.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8))
