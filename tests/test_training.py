@@ -79,7 +79,7 @@ def test_every_stage2_method_trains(config, stage1_weights, cache, tmp_path):
     log = run_main(config, tmp_path / "run", cache, "--init", str(stage1_weights), "--publish", str(publish))
     last = [record for record in log if "loss" in record][-1]
     assert np.isfinite(last["loss"])
-    assert {"pixel", "cos", "magnitude", "norm_sr", "norm_hr", "angle_deg"} <= set(last)
+    assert {"pixel", "cos_loss", "magnitude_loss", "norm_sr", "norm_hr", "angle_deg"} <= set(last)
     if config == "srgan.toml":
         assert "adversarial" in last and "d_loss" in last
     if config == "sr_ou.toml":

@@ -171,7 +171,13 @@ class Trainer:
         from training.recognizers.sface import load_sface
 
         self.recognizer = load_sface().to(device, memory_format=self.memory_format)
-        self.hr_features = torch.from_numpy(hr_feature_cache(cache, self.recognizer, device))
+        # Stage 2 logs F's view of every method (‖F(SR)‖, ‖F(HR)‖, angle); stage 1 only validates.
+        self.tracks_identity = config.stage == 2 or config.uses_identity
+        if self.tracks_identity:
+            self.hr_features = torch.from_numpy(hr_feature_cache(cache, self.recognizer, device))
+            self.val_hr_features = self.hr_features[self.val_rows, 0]
+        else:
+            self.val_hr_features = self.embed_rows(self.val_rows)
         self.euclid_weight = self._euclid_weight()
 
         self.discriminator = None
@@ -191,6 +197,16 @@ class Trainer:
         self.step = 0
         self.best = {"val_cos": -math.inf, "step": -1}
         self.stop_requested = False
+
+    @torch.no_grad()
+    def embed_rows(self, rows: np.ndarray) -> torch.Tensor:
+        """F(HR) of the given pool rows, unflipped (when the run needs no full cache)."""
+        features = []
+        for start in range(0, len(rows), 100):
+            hr, _ = to_tensor(self.faces[rows[start:start + 100]], self.masks[rows[start:start + 100]],
+                              np.zeros(len(rows[start:start + 100]), bool))
+            features.append(self.recognizer(hr.to(self.device, memory_format=self.memory_format)).cpu())
+        return torch.cat(features)
 
     def _euclid_weight(self) -> float:
         weight = self.config.euclid_weight
@@ -260,13 +276,13 @@ class Trainer:
         return True
 
     # ---- one step ----------------------------------------------------------------------------------
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         rows, flips = batch_rows(self.config, self.train_rows, step)
         rows, flips = rows[self.dist.rank::self.dist.world], flips[self.dist.rank::self.dist.world]
         hr, mask = to_tensor(self.faces[rows], self.masks[rows], flips)
-        hr_features = self.hr_features[rows, flips.astype(np.int64)]
-        return (hr.to(self.device, memory_format=self.memory_format), mask.to(self.device),
-                hr_features.to(self.device))
+        hr_features = self.hr_features[rows, flips.astype(np.int64)].to(self.device) if self.tracks_identity \
+            else None
+        return hr.to(self.device, memory_format=self.memory_format), mask.to(self.device), hr_features
 
     def train_step(self, step: int) -> dict[str, float]:
         config = self.config
@@ -295,13 +311,13 @@ class Trainer:
         pixel = losses.pixel_loss(sr, hr, mask)
         total = config.pixel_weight * pixel
         metrics["pixel"] = pixel.item()
-        if config.uses_identity or self.dist.main and self.logs_after(step + 1):
+        if config.uses_identity or f_hr is not None and self.dist.main and self.logs_after(step + 1):
             # F sees the SR face with the photo's padding taken from HR, so only real pixels carry identity.
             composite = sr * mask + hr * (1 - mask)
             with torch.set_grad_enabled(config.uses_identity):
                 f_sr = self.recognizer(composite)
             cos_term, magnitude_term = losses.identity_terms(f_sr, f_hr)
-            metrics.update(cos=cos_term.mean().item(), magnitude=magnitude_term.mean().item(),
+            metrics.update(cos_loss=cos_term.mean().item(), magnitude_loss=magnitude_term.mean().item(),
                            norm_sr=f_sr.norm(dim=1).mean().item(), norm_hr=f_hr.norm(dim=1).mean().item(),
                            angle_deg=torch.rad2deg(torch.acos((1 - cos_term).clamp(-1, 1))).mean().item())
             if config.cos_weight:
@@ -351,7 +367,7 @@ class Trainer:
             hr, mask = hr.to(self.device, memory_format=self.memory_format), mask.to(self.device)
             sr = generator(degrade(hr).contiguous(memory_format=self.memory_format)).clamp(0, 1)
             f_sr = self.recognizer(sr * mask + hr * (1 - mask))
-            f_hr = self.hr_features[rows, 0].to(self.device)
+            f_hr = self.val_hr_features[start:start + 100].to(self.device)
             cos_term, magnitude_term = losses.identity_terms_reference(f_sr, f_hr)
             squared = (((sr - hr) ** 2) * mask).flatten(1).sum(1) / (3 * mask.flatten(1).sum(1))
             totals["val_cos"] += float((1 - cos_term).sum())
