@@ -82,6 +82,21 @@ def row(table: List[dict], name: str, stats: Dict[str, float], moved_bytes: Opti
 
 # ---------------------------------------------------------------------------------------------------- CPU
 
+def one_thread(f: Callable[[], object]) -> Callable[[], object]:
+    """`f` with the kernels limited to one thread (IAFSR_NUM_THREADS is read at each call)."""
+    def run() -> object:
+        previous = os.environ.get("IAFSR_NUM_THREADS")
+        os.environ["IAFSR_NUM_THREADS"] = "1"
+        try:
+            return f()
+        finally:
+            if previous is None:
+                del os.environ["IAFSR_NUM_THREADS"]
+            else:
+                os.environ["IAFSR_NUM_THREADS"] = previous
+    return run
+
+
 def bench_pixel_shuffle_cpu(repeats: int) -> dict:
     C = extension()
     rng = np.random.default_rng(0)
@@ -96,6 +111,7 @@ def bench_pixel_shuffle_cpu(repeats: int) -> dict:
     fwd: Dict[str, Callable[[], object]] = {
         "fused, ops facade (allocates)": lambda: ops.pixel_shuffle_prelu(x, slope, 2),
         "fused, _C into preallocated out": lambda: C.pixel_shuffle_prelu(x, slope, 2, out),
+        "fused, _C into preallocated out, 1 thread": one_thread(lambda: C.pixel_shuffle_prelu(x, slope, 2, out)),
         "copy, numpy copyto into preallocated": lambda: np.copyto(copy_dst, out),
         "copy, numpy ndarray.copy (allocates)": lambda: out.copy(),
     }
@@ -128,8 +144,10 @@ def bench_pixel_shuffle_cpu(repeats: int) -> dict:
     result = {"shape_in": list(PS_SHAPE), "shape_out": list(out.shape), "rows": table, "torch": torch_info}
     fused, facade = by_name["fused, _C into preallocated out"], by_name["fused, ops facade (allocates)"]
     copyto, copy_alloc = by_name["copy, numpy copyto into preallocated"], by_name["copy, numpy ndarray.copy (allocates)"]
+    single = by_name["fused, _C into preallocated out, 1 thread"]
     result["bandwidth_vs_copy"] = {
         "preallocated": fused["gb_per_s_best"] / copyto["gb_per_s_best"],
+        "preallocated_1_thread": single["gb_per_s_best"] / copyto["gb_per_s_best"],
         "allocating": facade["gb_per_s_best"] / copy_alloc["gb_per_s_best"],
     }
     if "torch pixel_shuffle + prelu (unfused)" in by_name:
@@ -316,8 +334,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ps = report["pixel_shuffle_prelu_cpu"] = bench_pixel_shuffle_cpu(args.repeats)
     print_table(f"PixelShuffle(2)+PReLU on the CPU, {tuple(ps['shape_in'])} -> {tuple(ps['shape_out'])} float32",
                 ps["rows"])
-    print(f"  fused bandwidth / copy bandwidth: {ps['bandwidth_vs_copy']['preallocated']:.2f} (preallocated), "
-          f"{ps['bandwidth_vs_copy']['allocating']:.2f} (allocating)")
+    ratios = ps["bandwidth_vs_copy"]
+    print(f"  fused bandwidth / copy bandwidth (best): {ratios['preallocated']:.2f} (preallocated, all threads), "
+          f"{ratios['preallocated_1_thread']:.2f} (preallocated, 1 thread, as the copy), "
+          f"{ratios['allocating']:.2f} (allocating)")
     if "speedup_vs_torch_forward" in ps:
         f, b = ps["speedup_vs_torch_forward"], ps["speedup_vs_torch_backward"]
         print(f"  speed-up over torch: forward {f['best']:.2f}x (best) {f['median']:.2f}x (median); "

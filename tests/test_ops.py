@@ -228,6 +228,34 @@ def test_pixel_shuffle_prelu_backward_against_float64(device, dtype, shape, simd
     assert_within_reference_error(grad_slope, exact_slope, same_slope)
 
 
+def test_pixel_shuffle_prelu_large_arrays(simd_level):
+    """Above 16 MiB the vector code writes with non-temporal stores after a scalar head up to a 32-byte boundary
+    (destinations 8-byte aligned), else with regular stores: every alignment against the reference."""
+    x, slope = shuffle_inputs(17, 64, 32, 32, 2, False, seed=8)
+    x, slope = x.astype(np.float32), slope.astype(np.float32)
+    assert x.nbytes > 16 << 20
+    expected = ref_prelu(ref_pixel_shuffle(x, 2), slope)
+    np.testing.assert_array_equal(ops.pixel_shuffle_prelu(x, slope, 2), expected)
+    same_in, _ = ref_prelu_backward(expected, ref_pixel_shuffle(x, 2), slope)
+    expected_grad_x = ref_pixel_unshuffle(same_in, 2)
+    grad_x, grad_slope = ops.pixel_shuffle_prelu_backward(expected, x, slope, 2)
+    np.testing.assert_array_equal(grad_x, expected_grad_x)
+    _, same_slope = ref_prelu_backward(expected, ref_pixel_shuffle(x, 2), slope)
+    _, exact_slope = ref_prelu_backward(*(v.astype(np.float64) for v in (expected, ref_pixel_shuffle(x, 2), slope)))
+    assert_within_reference_error(grad_slope, exact_slope, same_slope)
+    for offset in range(8):  # in floats from a 32-byte boundary
+        buffer = np.empty(expected.size + 16, np.float32)
+        start = (-buffer.ctypes.data // 4) % 8 + offset
+        shifted = buffer[start:start + expected.size].reshape(expected.shape)
+        C.pixel_shuffle_prelu(x, slope, 2, shifted)
+        np.testing.assert_array_equal(shifted, expected)
+        shifted_grad_x = buffer[start:start + x.size].reshape(x.shape)
+        shifted_grad_slope = np.empty_like(slope)
+        C.pixel_shuffle_prelu_backward(expected, x, slope, 2, shifted_grad_x, shifted_grad_slope)
+        np.testing.assert_array_equal(shifted_grad_x, expected_grad_x)
+        assert_within_reference_error(shifted_grad_slope, exact_slope, same_slope)
+
+
 def test_pixel_shuffle_prelu_matches_torch():
     torch = pytest.importorskip("torch")
     x, slope = shuffle_inputs(4, 16, 6, 10, 2, False, seed=3)

@@ -37,27 +37,50 @@ double deinterleave2_baseline(const float* g, const float* a, const float* b, fl
 }
 
 #if IAFSR_X86
+// kStream: non-temporal stores (after a scalar head up to a 32-byte boundary), for outputs well above the
+// cache sizes: the destination lines are then written without first being read, which measured here about
+// 1.9x faster than regular stores for the 33.5 MB output of the benchmark.
+template <bool kStream>
+__attribute__((target("avx2"))) inline void store8(float* p, __m256 v) {
+  if (kStream)
+    _mm256_stream_ps(p, v);
+  else
+    _mm256_storeu_ps(p, v);
+}
+
+template <bool kStream>
 __attribute__((target("avx2"))) void interleave2_avx2(const float* a, const float* b, float s, float* out,
                                                       int64_t w) {
   const __m256 vs = _mm256_set1_ps(s), zero = _mm256_setzero_ps();
   int64_t i = 0;
+  if (kStream)  // pairs one by one until the destination is 32-byte aligned (it is 8-byte aligned)
+    for (; i < w && reinterpret_cast<uintptr_t>(out + 2 * i) % 32 != 0; ++i) {
+      out[2 * i] = prelu(a[i], s);
+      out[2 * i + 1] = prelu(b[i], s);
+    }
   for (; i + 8 <= w; i += 8) {
     __m256 va = _mm256_loadu_ps(a + i), vb = _mm256_loadu_ps(b + i);
     va = _mm256_blendv_ps(_mm256_mul_ps(va, vs), va, _mm256_cmp_ps(va, zero, _CMP_GT_OQ));
     vb = _mm256_blendv_ps(_mm256_mul_ps(vb, vs), vb, _mm256_cmp_ps(vb, zero, _CMP_GT_OQ));
     __m256 lo = _mm256_unpacklo_ps(va, vb);  // a0 b0 a1 b1 | a4 b4 a5 b5
     __m256 hi = _mm256_unpackhi_ps(va, vb);  // a2 b2 a3 b3 | a6 b6 a7 b7
-    _mm256_storeu_ps(out + 2 * i, _mm256_permute2f128_ps(lo, hi, 0x20));
-    _mm256_storeu_ps(out + 2 * i + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    store8<kStream>(out + 2 * i, _mm256_permute2f128_ps(lo, hi, 0x20));
+    store8<kStream>(out + 2 * i + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
   }
   interleave2_baseline(a + i, b + i, s, out + 2 * i, w - i);
 }
 
+template <bool kStream>
 __attribute__((target("avx2"))) double deinterleave2_avx2(const float* g, const float* a, const float* b,
                                                           float s, float* ga, float* gb, int64_t w) {
   const __m256 vs = _mm256_set1_ps(s), zero = _mm256_setzero_ps();
   __m256 acc = zero;
   int64_t i = 0;
+  double head = 0.0;
+  if (kStream) {  // until ga (and gb, equally aligned) is 32-byte aligned
+    while (i < w && reinterpret_cast<uintptr_t>(ga + i) % 32 != 0) ++i;
+    head = deinterleave2_baseline(g, a, b, s, ga, gb, i);
+  }
   for (; i + 8 <= w; i += 8) {
     __m256 g_lo = _mm256_loadu_ps(g + 2 * i), g_hi = _mm256_loadu_ps(g + 2 * i + 8);
     // even/odd elements, per 128-bit lane: (lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6); then fix the lane order
@@ -67,40 +90,55 @@ __attribute__((target("avx2"))) double deinterleave2_avx2(const float* g, const 
     odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(odd), _MM_SHUFFLE(3, 1, 2, 0)));
     __m256 va = _mm256_loadu_ps(a + i), vb = _mm256_loadu_ps(b + i);
     __m256 pos_a = _mm256_cmp_ps(va, zero, _CMP_GT_OQ), pos_b = _mm256_cmp_ps(vb, zero, _CMP_GT_OQ);
-    _mm256_storeu_ps(ga + i, _mm256_blendv_ps(_mm256_mul_ps(even, vs), even, pos_a));
-    _mm256_storeu_ps(gb + i, _mm256_blendv_ps(_mm256_mul_ps(odd, vs), odd, pos_b));
+    store8<kStream>(ga + i, _mm256_blendv_ps(_mm256_mul_ps(even, vs), even, pos_a));
+    store8<kStream>(gb + i, _mm256_blendv_ps(_mm256_mul_ps(odd, vs), odd, pos_b));
     acc = _mm256_add_ps(acc, _mm256_blendv_ps(_mm256_mul_ps(va, even), zero, pos_a));
     acc = _mm256_add_ps(acc, _mm256_blendv_ps(_mm256_mul_ps(vb, odd), zero, pos_b));
   }
   alignas(32) float lanes[8];
   _mm256_store_ps(lanes, acc);
-  double total = 0.0;
+  double total = head;
   for (float v : lanes) total += v;
   return total + deinterleave2_baseline(g + 2 * i, a + i, b + i, s, ga + i, gb + i, w - i);
 }
 
 #endif
 
-void interleave2(bool avx2, const float* a, const float* b, float s, float* out, int64_t w) {
+void interleave2(bool avx2, bool stream, const float* a, const float* b, float s, float* out, int64_t w) {
 #if IAFSR_X86
-  if (avx2) return interleave2_avx2(a, b, s, out, w);
+  if (avx2 && stream && reinterpret_cast<uintptr_t>(out) % 8 == 0) return interleave2_avx2<true>(a, b, s, out, w);
+  if (avx2) return interleave2_avx2<false>(a, b, s, out, w);
 #endif
   interleave2_baseline(a, b, s, out, w);
 }
 
-double deinterleave2(bool avx2, const float* g, const float* a, const float* b, float s, float* ga, float* gb,
-                     int64_t w) {
+double deinterleave2(bool avx2, bool stream, const float* g, const float* a, const float* b, float s, float* ga,
+                     float* gb, int64_t w) {
 #if IAFSR_X86
-  if (avx2) return deinterleave2_avx2(g, a, b, s, ga, gb, w);
+  if (avx2 && stream && (reinterpret_cast<uintptr_t>(ga) - reinterpret_cast<uintptr_t>(gb)) % 32 == 0)
+    return deinterleave2_avx2<true>(g, a, b, s, ga, gb, w);
+  if (avx2) return deinterleave2_avx2<false>(g, a, b, s, ga, gb, w);
 #endif
   return deinterleave2_baseline(g, a, b, s, ga, gb, w);
 }
+
+// Makes a thread's non-temporal stores globally visible before it reports its work done.
+void end_streaming(bool stream) {
+#if IAFSR_X86
+  if (stream) _mm_sfence();
+#endif
+  (void)stream;
+}
+
+// Arrays written with non-temporal stores above this size (about twice this machine's L2 caches together).
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
 
 }  // namespace
 
 void pixel_shuffle_prelu(const float* x, const float* slope, bool slope_per_channel, float* out, int64_t n,
                          int64_t channels_out, int64_t h, int64_t w, int64_t r) {
   const bool avx2 = active_simd() != Simd::baseline;
+  const bool stream = n * channels_out * h * w * r * r * int64_t(sizeof(float)) > kStreamBytes;
   const int64_t plane = h * w;  // one input channel
   const int64_t out_row = w * r;
   // One unit = input row h of output channel c of image b: writes r output rows.
@@ -116,7 +154,7 @@ void pixel_shuffle_prelu(const float* x, const float* slope, bool slope_per_chan
       for (int64_t i = 0; i < r; ++i, dst += out_row) {
         if (r == 2) {
           const float* a = src + (2 * i) * plane;
-          interleave2(avx2, a, a + plane, s, dst, w);
+          interleave2(avx2, stream, a, a + plane, s, dst, w);
           continue;
         }
         for (int64_t j = 0; j < r; ++j) {
@@ -125,6 +163,7 @@ void pixel_shuffle_prelu(const float* x, const float* slope, bool slope_per_chan
         }
       }
     }
+    end_streaming(stream);
   });
 }
 
@@ -132,6 +171,7 @@ void pixel_shuffle_prelu_backward(const float* grad_out, const float* x, const f
                                   bool slope_per_channel, float* grad_x, float* grad_slope, int64_t n,
                                   int64_t channels_out, int64_t h, int64_t w, int64_t r) {
   const bool avx2 = active_simd() != Simd::baseline;
+  const bool stream = n * channels_out * h * w * r * r * int64_t(sizeof(float)) > kStreamBytes;
   const int64_t plane = h * w;
   const int64_t out_row = w * r;
   // Units are whole (image, output channel) planes so that each partial sum of the slope gradient has
@@ -150,7 +190,7 @@ void pixel_shuffle_prelu_backward(const float* grad_out, const float* x, const f
         for (int64_t i = 0; i < r; ++i, g += out_row) {
           if (r == 2) {
             const int64_t a = in_offset + (2 * i) * plane;
-            sum += deinterleave2(avx2, g, x + a, x + a + plane, s, grad_x + a, grad_x + a + plane, w);
+            sum += deinterleave2(avx2, stream, g, x + a, x + a + plane, s, grad_x + a, grad_x + a + plane, w);
             continue;
           }
           for (int64_t j = 0; j < r; ++j) {
@@ -167,6 +207,7 @@ void pixel_shuffle_prelu_backward(const float* grad_out, const float* x, const f
       }
       partial[static_cast<size_t>(image_channel)] = sum;
     }
+    end_streaming(stream);
   });
   if (slope_per_channel) {
     for (int64_t c = 0; c < channels_out; ++c) {
