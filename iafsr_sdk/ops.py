@@ -78,6 +78,16 @@ class Match(NamedTuple):
     scores: Array  # (N, k) float32 cosine similarities
 
 
+def _aligned_empty(shape: Tuple[int, ...], dtype: str) -> np.ndarray:
+    """``numpy.empty`` with the data on a 64-byte (cache line) boundary: lets the kernels write large outputs
+    with streaming stores, which need whole lines."""
+    itemsize = np.dtype(dtype).itemsize
+    nbytes = int(np.prod(shape, dtype=np.int64)) * itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def _shape_text(shape: Sequence[int]) -> str:
     return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
@@ -156,7 +166,7 @@ class _Call:
         """A new output of the caller's library and device: (returned array, what the extension writes)."""
         shape = tuple(int(d) for d in shape)
         if self.library == "numpy":
-            out = np.empty(shape, dtype=dtype)
+            out = _aligned_empty(shape, dtype)
             return out, out
         if self.library == "cupy":
             cupy = sys.modules["cupy"]
@@ -165,7 +175,7 @@ class _Call:
             return out, out
         torch = sys.modules["torch"]
         if not self.cuda:  # numpy's allocation is cheaper to fault in than torch's; the tensor shares it
-            out = np.empty(shape, dtype=dtype)
+            out = _aligned_empty(shape, dtype)
             return torch.from_numpy(out), out
         out = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
         return out, out

@@ -229,8 +229,8 @@ def test_pixel_shuffle_prelu_backward_against_float64(device, dtype, shape, simd
 
 
 def test_pixel_shuffle_prelu_large_arrays(simd_level):
-    """Above 16 MiB the vector code writes with non-temporal stores after a scalar head up to a 32-byte boundary
-    (destinations 8-byte aligned), else with regular stores: every alignment against the reference."""
+    """Above 16 MiB the vector code writes rows made of whole cache lines with non-temporal stores, other rows
+    with regular stores: every alignment of the destination against the reference."""
     x, slope = shuffle_inputs(17, 64, 32, 32, 2, False, seed=8)
     x, slope = x.astype(np.float32), slope.astype(np.float32)
     assert x.nbytes > 16 << 20
@@ -243,9 +243,9 @@ def test_pixel_shuffle_prelu_large_arrays(simd_level):
     _, same_slope = ref_prelu_backward(expected, ref_pixel_shuffle(x, 2), slope)
     _, exact_slope = ref_prelu_backward(*(v.astype(np.float64) for v in (expected, ref_pixel_shuffle(x, 2), slope)))
     assert_within_reference_error(grad_slope, exact_slope, same_slope)
-    for offset in range(8):  # in floats from a 32-byte boundary
-        buffer = np.empty(expected.size + 16, np.float32)
-        start = (-buffer.ctypes.data // 4) % 8 + offset
+    for offset in range(16):  # in floats from a 64-byte boundary
+        buffer = np.empty(expected.size + 32, np.float32)
+        start = (-buffer.ctypes.data // 4) % 16 + offset
         shifted = buffer[start:start + expected.size].reshape(expected.shape)
         C.pixel_shuffle_prelu(x, slope, 2, shifted)
         np.testing.assert_array_equal(shifted, expected)

@@ -37,9 +37,10 @@ double deinterleave2_baseline(const float* g, const float* a, const float* b, fl
 }
 
 #if IAFSR_X86
-// kStream: non-temporal stores (after a scalar head up to a 32-byte boundary), for outputs well above the
-// cache sizes: the destination lines are then written without first being read, which measured here about
-// 1.9x faster than regular stores for the 33.5 MB output of the benchmark.
+// kStream: non-temporal stores, for outputs well above the cache sizes: the destination lines are written
+// without first being read (measured here about 1.9x faster than regular stores for the 33.5 MB output of
+// the benchmark). Used only for rows made of whole 64-byte lines: a line written partly by non-temporal and
+// partly by regular stores is far slower than either.
 template <bool kStream>
 __attribute__((target("avx2"))) inline void store8(float* p, __m256 v) {
   if (kStream)
@@ -53,11 +54,6 @@ __attribute__((target("avx2"))) void interleave2_avx2(const float* a, const floa
                                                       int64_t w) {
   const __m256 vs = _mm256_set1_ps(s), zero = _mm256_setzero_ps();
   int64_t i = 0;
-  if (kStream)  // pairs one by one until the destination is 32-byte aligned (it is 8-byte aligned)
-    for (; i < w && reinterpret_cast<uintptr_t>(out + 2 * i) % 32 != 0; ++i) {
-      out[2 * i] = prelu(a[i], s);
-      out[2 * i + 1] = prelu(b[i], s);
-    }
   for (; i + 8 <= w; i += 8) {
     __m256 va = _mm256_loadu_ps(a + i), vb = _mm256_loadu_ps(b + i);
     va = _mm256_blendv_ps(_mm256_mul_ps(va, vs), va, _mm256_cmp_ps(va, zero, _CMP_GT_OQ));
@@ -76,11 +72,6 @@ __attribute__((target("avx2"))) double deinterleave2_avx2(const float* g, const 
   const __m256 vs = _mm256_set1_ps(s), zero = _mm256_setzero_ps();
   __m256 acc = zero;
   int64_t i = 0;
-  double head = 0.0;
-  if (kStream) {  // until ga (and gb, equally aligned) is 32-byte aligned
-    while (i < w && reinterpret_cast<uintptr_t>(ga + i) % 32 != 0) ++i;
-    head = deinterleave2_baseline(g, a, b, s, ga, gb, i);
-  }
   for (; i + 8 <= w; i += 8) {
     __m256 g_lo = _mm256_loadu_ps(g + 2 * i), g_hi = _mm256_loadu_ps(g + 2 * i + 8);
     // even/odd elements, per 128-bit lane: (lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6); then fix the lane order
@@ -97,16 +88,21 @@ __attribute__((target("avx2"))) double deinterleave2_avx2(const float* g, const 
   }
   alignas(32) float lanes[8];
   _mm256_store_ps(lanes, acc);
-  double total = head;
+  double total = 0.0;
   for (float v : lanes) total += v;
   return total + deinterleave2_baseline(g + 2 * i, a + i, b + i, s, ga + i, gb + i, w - i);
 }
 
 #endif
 
+// True when [p, p + count) is whole 64-byte cache lines.
+bool whole_lines(const float* p, int64_t count) {
+  return reinterpret_cast<uintptr_t>(p) % 64 == 0 && count % 16 == 0;
+}
+
 void interleave2(bool avx2, bool stream, const float* a, const float* b, float s, float* out, int64_t w) {
 #if IAFSR_X86
-  if (avx2 && stream && reinterpret_cast<uintptr_t>(out) % 8 == 0) return interleave2_avx2<true>(a, b, s, out, w);
+  if (avx2 && stream && whole_lines(out, 2 * w)) return interleave2_avx2<true>(a, b, s, out, w);
   if (avx2) return interleave2_avx2<false>(a, b, s, out, w);
 #endif
   interleave2_baseline(a, b, s, out, w);
@@ -115,8 +111,7 @@ void interleave2(bool avx2, bool stream, const float* a, const float* b, float s
 double deinterleave2(bool avx2, bool stream, const float* g, const float* a, const float* b, float s, float* ga,
                      float* gb, int64_t w) {
 #if IAFSR_X86
-  if (avx2 && stream && (reinterpret_cast<uintptr_t>(ga) - reinterpret_cast<uintptr_t>(gb)) % 32 == 0)
-    return deinterleave2_avx2<true>(g, a, b, s, ga, gb, w);
+  if (avx2 && stream && whole_lines(ga, w) && whole_lines(gb, w)) return deinterleave2_avx2<true>(g, a, b, s, ga, gb, w);
   if (avx2) return deinterleave2_avx2<false>(g, a, b, s, ga, gb, w);
 #endif
   return deinterleave2_baseline(g, a, b, s, ga, gb, w);
