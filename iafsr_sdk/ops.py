@@ -30,6 +30,11 @@ Errors
     driver/device, raise :class:`~iafsr_sdk.CudaUnavailableError`; a missing extension raises
     :class:`~iafsr_sdk.ExtensionNotBuiltError` at call time (importing this module always works).
 
+CPU threads
+    The CPU kernels use ``IAFSR_NUM_THREADS`` threads if that is set to a positive integer, else every CPU the
+    process may run on, and release the GIL while they run. Their vector code (AVX2/FMA, AVX-512) is chosen at
+    run time from what the CPU supports; ``IAFSR_SIMD=baseline|avx2|avx512`` caps it.
+
 Gradients
     These functions do not record autograd history; for training, wrap them in a ``torch.autograd.Function``
     (``pixel_shuffle_prelu_backward`` and ``identity_loss`` return the needed gradients).
