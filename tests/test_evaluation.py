@@ -272,3 +272,21 @@ def test_degrade_and_super_resolve_checks_shape_and_quantizes():
     assert out.dtype == np.uint8 and out.shape == (3, 128, 128, 3) and (out == 128).all()
     with pytest.raises(ValueError, match="expected"):
         ev.degrade_and_super_resolve(lambda x: np.zeros((len(x), 64, 64, 3), np.uint8), hr)
+
+
+def test_hr_features_cache_follows_recognizer_version(tmp_path):
+    _write_cache(tmp_path / "set", [f"{i}.jpg" for i in range(3)], [(10, 20, 30)] * 3)
+    calls = []
+
+    class Embed:
+        def __init__(self, version):
+            self.version = version
+
+        def __call__(self, faces):
+            calls.append(self.version)
+            return faces.reshape(len(faces), -1)[:, :4].astype(np.float32)
+
+    first = ev.hr_features(tmp_path / "set", "r", Embed("v1"))
+    again = ev.hr_features(tmp_path / "set", "r", Embed("v1"))
+    ev.hr_features(tmp_path / "set", "r", Embed("v2"))
+    assert calls == ["v1", "v2"] and np.array_equal(first, again)

@@ -320,36 +320,41 @@ def load_faces(folder: Path, rows: np.ndarray | None = None) -> np.ndarray:
     return np.array(faces if rows is None else faces[np.asarray(rows)])
 
 
-def _sface_embedder() -> EmbedFunction:
-    import torch
+def _source_sha256(module) -> str:
+    return hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()
 
-    from training.recognizers.sface import load_sface
 
-    model = load_sface()
+class _SFaceEmbedder:
+    """SFace (the training F) on uint8 faces. ``version`` is the SHA-256 of its source when it was loaded."""
 
-    def embed(faces: np.ndarray) -> np.ndarray:
+    def __init__(self):
+        from training.recognizers import sface
+
+        self.version = _source_sha256(sface)
+        self.model = sface.load_sface()
+
+    def __call__(self, faces: np.ndarray) -> np.ndarray:
+        import torch
+
         batch = torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2).float().div_(255.0)
         with torch.inference_mode():
-            return model(batch).numpy().astype(np.float32)
-
-    return embed
+            return self.model(batch).numpy().astype(np.float32)
 
 
 class _DlibEmbedder:
-    """The held-out judge as an embed function; ``judge.counts`` tells how often dlib found no face."""
+    """The held-out judge on uint8 faces; ``judge.counts`` tells how often dlib found no face."""
 
     def __init__(self):
-        from training.recognizers.dlib_resnet import DlibJudge
+        from training.recognizers import dlib_resnet
 
-        self.judge = DlibJudge()
+        self.version = _source_sha256(dlib_resnet)
+        self.judge = dlib_resnet.DlibJudge()
 
     def __call__(self, faces: np.ndarray) -> np.ndarray:
         return np.asarray(self.judge.embed(np.ascontiguousarray(faces)), dtype=np.float32)
 
 
-_EMBEDDERS = {"sface": _sface_embedder, "dlib": _DlibEmbedder}
-# A change to the recognizer's source invalidates its cached features.
-_RECOGNIZER_SOURCES = {"sface": "recognizers/sface.py", "dlib": "recognizers/dlib_resnet.py"}
+_EMBEDDERS = {"sface": _SFaceEmbedder, "dlib": _DlibEmbedder}
 
 
 def load_recognizers(names: Sequence[str] = RECOGNIZER_NAMES) -> dict[str, EmbedFunction]:
@@ -373,18 +378,18 @@ def embed_all(embed: EmbedFunction, faces: np.ndarray, batch_size: int = BATCH_S
     return features, (judge.fallback_rate if judge is not None else None)
 
 
-def _fingerprint(folder: Path, recognizer: str) -> dict:
+def _fingerprint(folder: Path, embed: EmbedFunction) -> dict:
+    # The recognizer's source as it was when loaded: any change to it invalidates the cached features.
     stat = (Path(folder) / "faces.npy").stat()
-    source = Path(__file__).resolve().parent / _RECOGNIZER_SOURCES.get(recognizer, "")
-    digest = hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else None
-    return {"faces_bytes": stat.st_size, "faces_mtime_ns": stat.st_mtime_ns, "recognizer_source_sha256": digest}
+    return {"faces_bytes": stat.st_size, "faces_mtime_ns": stat.st_mtime_ns,
+            "recognizer_source_sha256": getattr(embed, "version", None)}
 
 
 def hr_features(folder: Path, recognizer: str, embed: EmbedFunction, batch_size: int = BATCH_SIZE) -> np.ndarray:
     """Features of every HR face of a cache, computed once and kept in ``feat_<recognizer>.npy``."""
     folder = Path(folder)
     path, meta_path = folder / f"feat_{recognizer}.npy", folder / f"feat_{recognizer}.json"
-    fingerprint = _fingerprint(folder, recognizer)
+    fingerprint = _fingerprint(folder, embed)
     if path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if all(meta.get(key) == value for key, value in fingerprint.items()):
