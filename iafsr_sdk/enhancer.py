@@ -125,10 +125,13 @@ class FaceEnhancer:
             instead of ``device``; every one asked for must be in use, else ``RuntimeError``.
         threads: onnxruntime intra-op threads (default: onnxruntime's choice, one per physical core).
         batch_size: faces per onnxruntime call; bigger inputs are processed in chunks of this size, so
-            working memory stays bounded (on the CPU about 0.2 GB at 64, released after each call; the
-            output array comes on top: 48 KB per face).
+            working memory stays bounded (on the CPU about 0.1 GB at 64, released after each call, see
+            ``memory_arena``; the output array comes on top: 48 KB per face).
         precision: ``"fp32"`` or ``"fp16"``; picks the shipped file (default fp32). With a path it must
             agree with the file's card when given. fp16 pays off on GPUs; on CPUs it is slower.
+        memory_arena: keep onnxruntime's CPU memory arena. It holds on to the peak of every call (1.7 GB
+            resident after batches of 64 faces, against 0.1 GB without it) and buys about 10 % of CPU
+            throughput at batch 32 to 64 (``python -m benchmarks.enhancer`` measures both). Off by default.
 
     The object is thread-safe (one onnxruntime session, no mutable state per call) and picklable (the
     configuration is pickled; unpickling builds a new session).
@@ -142,6 +145,7 @@ class FaceEnhancer:
         threads: int | None = None,
         batch_size: int = 64,
         precision: Literal["fp32", "fp16"] | None = None,
+        memory_arena: bool = False,
     ) -> None:
         if model is not None and not isinstance(model, (str, os.PathLike)):
             raise TypeError(f"model must be None or a path, got {type(model).__name__}")
@@ -157,17 +161,14 @@ class FaceEnhancer:
             raise ValueError(f"pass either device or providers, not both (got device={device!r})")
         self._config = dict(model=None if model is None else os.fspath(model), device=device,
                             providers=None if providers is None else list(providers), threads=threads,
-                            batch_size=int(batch_size), precision=precision)
+                            batch_size=int(batch_size), precision=precision, memory_arena=bool(memory_arena))
         self.batch_size = int(batch_size)
 
         self.model_path, data, self.card, self.precision = self._load_model(model, precision)
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        # onnxruntime's CPU arena keeps the peak of every run and grows by powers of two: 1.7 GB resident
-        # after batches of 64 faces, against about 0.2 GB without it, for a few percent of speed
-        # (python -m benchmarks.enhancer measures both).
-        options.enable_cpu_mem_arena = False
+        options.enable_cpu_mem_arena = bool(memory_arena)
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         if providers is not None:
@@ -177,7 +178,8 @@ class FaceEnhancer:
         else:
             self._session = self._session_for_device(data, options, device_kind, device_id)
         self._check_signature()
-        self.device = "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"
+        gpu_providers = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
+        self.device = "cuda" if gpu_providers & set(self.providers) else "cpu"
         if not self.card:
             self.card = dict(self._session.get_modelmeta().custom_metadata_map)
         log.info("FaceEnhancer: %s (%s) on %s", self.model_path.name, self.precision, ", ".join(self.providers))

@@ -326,6 +326,12 @@ def test_auto_reports_what_it_chose(caplog):
     assert chosen.device in ("cpu", "cuda") and chosen.providers
 
 
+def test_memory_arena_option_gives_the_same_faces(enhancer, lr_faces):
+    with_arena = FaceEnhancer(device="cpu", memory_arena=True)
+    np.testing.assert_array_equal(with_arena.enhance(lr_faces[:2]), enhancer.enhance(lr_faces[:2]))
+    assert pickle.loads(pickle.dumps(with_arena))._config["memory_arena"] is True
+
+
 def test_cpu_is_cpu_only(enhancer):
     assert enhancer.providers == ["CPUExecutionProvider"] and enhancer.device == "cpu"
 
