@@ -478,6 +478,22 @@ def hr_feature_cache(cache: Path, recognizer: torch.nn.Module, device: torch.dev
     return features
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc's malloc to reuse freed memory instead of returning it to the kernel: a training step
+    allocates the same large buffers every time, and fresh pages cost a page fault each (about a fifth of
+    the CPU time of a step here). Costs about a gigabyte more resident memory."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None or os.uname().sysname != "Linux":
+        return
+    libc = ctypes.CDLL(name)
+    m_trim_threshold, m_mmap_max = -1, -4
+    if libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1):
+        log.info("malloc keeps freed memory for reuse (no mmap, no trimming)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True)
@@ -496,6 +512,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()
     overrides = dict(item.split("=", 1) for item in args.set)
     config = read_config(args.config, args.recipe, {key: parse_value(value) for key, value in overrides.items()})
     device = torch.device(args.device)
