@@ -54,7 +54,7 @@ def write_face(path: Path, face: np.ndarray) -> None:
 def _plan(source: Path, target: Path) -> list[tuple[Path, Path]]:
     """(input, output) file pairs; raises ValueError for unusable arguments."""
     if source.is_file():
-        if target.is_dir():
+        if target.is_dir() or not target.suffix:
             return [(source, target / source.name)]
         if target.suffix.lower() not in IMAGE_SUFFIXES:
             raise ValueError(f"OUT must be a folder or a .png / .jpg file, got {target}")

@@ -77,6 +77,8 @@ def test_single_file(lr_folder, tmp_path):
     assert read(out).shape == (128, 128, 3)
     assert main(["enhance", str(lr_folder / "face0.png"), str(tmp_path), "--device", "cpu", "-q"]) == EXIT_OK
     assert (tmp_path / "face0.png").is_file()
+    assert main(["enhance", str(lr_folder / "face0.png"), str(tmp_path / "new"), "--device", "cpu", "-q"]) == EXIT_OK
+    assert (tmp_path / "new" / "face0.png").is_file()
 
 
 @pytest.mark.parametrize(
