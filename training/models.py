@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from iafsr_sdk.faces import HR_SIZE
+from training.fused import pixel_shuffle_prelu
 from training.resample import resize
 
 CHANNELS = 64
@@ -40,7 +41,9 @@ class Upsample(nn.Module):
         self.act = nn.PReLU(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.shuffle(self.conv(x)))
+        if torch.compiler.is_compiling():  # export and compilation trace the plain torch ops
+            return self.act(self.shuffle(self.conv(x)))
+        return pixel_shuffle_prelu(self.conv(x), self.act.weight, 2)
 
 
 class Generator(nn.Module):
