@@ -319,6 +319,42 @@ def test_cuda_provider_without_cuda_raises():
         FaceEnhancer(providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
 
 
+@pytest.fixture()
+def cuda_that_fails(monkeypatch):
+    """onnxruntime that offers CUDA and a driver that seems present, but whose CUDA sessions fail to build."""
+    import iafsr_sdk.enhancer as enhancer_module
+
+    real_session = onnxruntime.InferenceSession
+
+    def session(data, options, providers):
+        if any((p if isinstance(p, str) else p[0]) == "CUDAExecutionProvider" for p in providers):
+            raise RuntimeError("libcudnn.so.9: cannot open shared object file")
+        return real_session(data, options, providers=providers)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(enhancer_module, "_cuda_driver_present", lambda: True)
+
+
+def test_cuda_session_failure_is_a_cuda_error(cuda_that_fails):
+    with pytest.raises(CudaUnavailableError):
+        FaceEnhancer(device="cuda")
+
+
+def test_auto_falls_back_to_the_cpu_loudly(cuda_that_fails, caplog):
+    with caplog.at_level("WARNING", logger="iafsr_sdk.enhancer"):
+        chosen = FaceEnhancer(device="auto")
+    assert chosen.providers == ["CPUExecutionProvider"]
+    assert "could not use it" in caplog.text and "libcudnn" in caplog.text
+
+
+def test_broken_model_is_blamed_on_the_model_not_cuda(cuda_that_fails, tmp_path):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"\x08\x07garbage")
+    with pytest.raises(ModelFileError):
+        FaceEnhancer(path, device="cuda")
+
+
 def test_auto_reports_what_it_chose(caplog):
     with caplog.at_level("INFO", logger="iafsr_sdk.enhancer"):
         chosen = FaceEnhancer(device="auto")
