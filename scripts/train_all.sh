@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Reproduce every shipped generator from the prepared data, one command per stage and method.
+#   scripts/train_all.sh [cpu|paper]        (default: cpu, the 2-core recipe the committed weights came from)
+# Each command resumes from runs/<name>/checkpoint.pt when interrupted, and is a no-op once complete.
+# Prerequisites: python -m training.prepare && python -m training.filter_pool
+set -euo pipefail
+recipe=${1:-cpu}
+cd "$(dirname "$0")/.."
+train() {  # name config [init]
+  local name=$1 config=$2 init=${3:-}
+  python -m training.train --config "training/configs/$config.toml" --recipe "$recipe" \
+    --out "runs/$name" --publish "weights/$name" ${init:+--init "weights/$init/generator.pt"}
+}
+train stage1 stage1
+train iafsr iafsr stage1
+train srnet srnet stage1
+train stage1_skip stage1_skip
+train iafsr_skip iafsr_skip stage1_skip
+train sr_angle sr_angle stage1
+train sr_ou sr_ou stage1
+train srgan srgan stage1
+train srnet_skip srnet_skip stage1_skip

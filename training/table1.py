@@ -1,0 +1,280 @@
+"""The paper's Table I and Fig. 5 for our setting, a picture grid, and the learning curves.
+
+    python -m training.table1                      # from the committed weights/<method>/generator.pt
+    python -m training.table1 --learning-curve     # also LFW accuracy of the snapshots in runs/<method>/
+
+Writes ``results/table1.md`` and ``results/table1.json`` (rows HR-HR, Bicubic and every method; columns LFW
+ACC / VR@1 % / VR@0.1 % and CelebA rank-1 for SFace, the training F, and dlib, the held-out judge),
+``results/fig5_gaps.png`` (mean angle and magnitude gap between F(HR) and F(SR) per method, on the fixed
+2,000-face LFW sample of Fig. 2), ``results/grid.png`` (LR, Bicubic, each method, HR for a few LFW faces) and,
+with ``--learning-curve``, ``results/learning_curve.md`` / ``.png``. Each method's evaluation is kept in
+``results/eval/<method>.json`` with the sha256 of its weights, and reused while the weights are unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from iafsr_sdk.faces import HR_SIZE, degrade, resize
+from training import evaluation as ev
+from training.models import load_generator
+from training.prepare import DEFAULT_DATA, DEFAULT_OUT
+
+log = logging.getLogger("training.table1")
+
+ROOT = Path(__file__).resolve().parents[1]
+# (row title, folder under weights/ and runs/), in the paper's order; the last two are the bicubic-skip variant
+METHODS = (
+    ("SR-net", "srnet"),
+    ("SRGAN", "srgan"),
+    ("SR+Ou", "sr_ou"),
+    ("SR+Angle", "sr_angle"),
+    ("IAFSR", "iafsr"),
+    ("SR-net, bicubic skip", "srnet_skip"),
+    ("IAFSR, bicubic skip", "iafsr_skip"),
+)
+GRID_FACES = 6
+
+
+def generator_sr(path: Path, batch_size: int = 128) -> ev.SRFunction:
+    """The generator in ``path`` as an SR function on uint8 faces, with the SDK's uint8 rounding."""
+    generator, _ = load_generator(path)
+    generator = generator.to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def super_resolve(lr_faces: np.ndarray) -> np.ndarray:
+        outputs = []
+        for start in range(0, len(lr_faces), batch_size):
+            lr = torch.from_numpy(np.ascontiguousarray(lr_faces[start:start + batch_size])).permute(0, 3, 1, 2)
+            sr = generator(lr.float().div(255).contiguous(memory_format=torch.channels_last))
+            outputs.append((sr.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        return np.concatenate(outputs)
+
+    return super_resolve
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def evaluate_cached(name: str, key: str, fingerprint: str, sr_fn: ev.SRFunction | None, recognizers: dict,
+                    cache: Path, data: Path, out: Path, protocols: tuple[str, ...] = ("lfw", "celeba")) -> dict:
+    """``ev.evaluate`` of one row, kept in ``<out>/eval/<key>.json`` while ``fingerprint`` holds."""
+    path = out / "eval" / f"{key}.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if (saved.get("fingerprint") == fingerprint and saved.get("recognizers") == list(recognizers)
+                and all(protocol in saved for protocol in protocols)):
+            log.info("%s: reusing %s", name, path)
+            return saved
+    result = ev.evaluate(sr_fn, name, recognizers, protocols=protocols, cache_root=cache, data_root=data)
+    result["fingerprint"] = fingerprint
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def lfw_sample(cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    faces = np.load(Path(cache) / "lfw" / "faces.npy", mmap_mode="r")
+    rows = ev.fixed_sample(len(faces))
+    return rows, np.asarray(faces[rows])
+
+
+def method_gaps(sr_functions: dict, recognizers: dict, cache: Path) -> dict:
+    """Fig. 5: per row and recognizer, the gaps between F(HR) and F(SR) on the fixed LFW sample."""
+    rows, faces = lfw_sample(cache)
+    lr_faces = degrade(faces)
+    gaps: dict[str, dict] = {}
+    for name, sr_fn in sr_functions.items():
+        sr_faces = sr_fn(lr_faces)
+        gaps[name] = {}
+        for recognizer, embed in recognizers.items():
+            hr = ev.hr_features(Path(cache) / "lfw", recognizer, embed)[rows]
+            features, _ = ev.embed_all(embed, sr_faces, desc=f"Fig. 5 {name} {recognizer}")
+            gaps[name][recognizer] = ev.feature_gaps(hr, features)
+    return gaps
+
+
+def plot_gaps(gaps: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(gaps)
+    recognizers = list(next(iter(gaps.values())))
+    figure, axes = plt.subplots(len(recognizers), 2, figsize=(12, 3.6 * len(recognizers)), squeeze=False)
+    for row, recognizer in enumerate(recognizers):
+        for column, (key, label) in enumerate((("mean_magnitude_gap", "mean |‖F(HR)‖ − ‖F(SR)‖|"),
+                                               ("mean_angle_deg", "mean angle F(HR), F(SR) (°)"))):
+            axis = axes[row, column]
+            values = [gaps[name][recognizer][key] for name in names]
+            axis.bar(range(len(names)), values, color="tab:blue")
+            axis.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+            axis.set_ylabel(label)
+            axis.set_title(f"{recognizer}", loc="left")
+            for index, value in enumerate(values):
+                axis.text(index, value, f"{value:.3g}", ha="center", va="bottom", fontsize=7)
+    figure.suptitle("Fig. 5: feature gaps between HR and super-resolved faces (2,000 LFW faces, 16×16 input)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def picture_grid(sr_functions: dict, cache: Path, path: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    _, faces = lfw_sample(cache)
+    faces = faces[np.linspace(0, len(faces) - 1, GRID_FACES).astype(int)]
+    lr_faces = degrade(faces)
+    columns = [("LR ×8", np.repeat(np.repeat(lr_faces, 8, axis=1), 8, axis=2))]
+    columns += [(name, sr_fn(lr_faces)) for name, sr_fn in sr_functions.items()]
+    columns.append(("HR", faces))
+    header = 18
+    canvas = Image.new("RGB", (HR_SIZE * len(columns), header + HR_SIZE * len(faces)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for column, (title, images) in enumerate(columns):
+        draw.text((column * HR_SIZE + 3, 3), title, fill="black")
+        for row, image in enumerate(images):
+            canvas.paste(Image.fromarray(image), (column * HR_SIZE, header + row * HR_SIZE))
+    canvas.save(path)
+
+
+def learning_curve(runs: Path, recognizers: dict, cache: Path, data: Path, out: Path) -> list[dict]:
+    """LFW LR-HR verification (SFace) of every snapshot, and the validation mean cosine from the logs."""
+    points = []
+    for _, key in (("stage 1", "stage1"), ("stage 1, bicubic skip", "stage1_skip"), *METHODS):
+        folder = runs / key
+        snapshots = sorted((folder / "snapshots").glob("step_*.pt")) if folder.is_dir() else []
+        for snapshot in snapshots:
+            config = torch.load(snapshot, map_location="cpu", weights_only=True)["config"]
+            result = evaluate_cached(f"{key}@{config['step']}", f"curve_{key}_{config['step']:06d}", sha256(snapshot),
+                                     generator_sr(snapshot), recognizers, cache, data, out, protocols=("lfw",))
+            lfw = result["lfw"]["sface"]
+            points.append({"run": key, "step": config["step"], "samples": config["samples"],
+                           "lfw_accuracy": lfw["accuracy"], "vr@far=0.001": lfw["vr@far=0.001"]["vr"]})
+    return points
+
+
+def write_learning_curve(points: list[dict], runs: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for run in dict.fromkeys(point["run"] for point in points):
+        mine = [point for point in points if point["run"] == run]
+        axes[0].plot([p["samples"] for p in mine], [100 * p["lfw_accuracy"] for p in mine], "o-", label=run)
+        log_path = runs / run / "log.jsonl"
+        if log_path.exists():
+            records = [json.loads(line) for line in log_path.read_text().splitlines()]
+            validation = [record for record in records if "val_cos" in record]
+            axes[1].plot([r["samples"] for r in validation], [r["val_cos"] for r in validation], ".-", label=run)
+    axes[0].set_xlabel("training samples seen in the run")
+    axes[0].set_ylabel("LFW 16×16 LR-HR accuracy, SFace (%)")
+    axes[1].set_xlabel("training samples seen in the run")
+    axes[1].set_ylabel("validation mean cos(F(SR), F(HR))")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out / "learning_curve.png", dpi=110)
+    plt.close(figure)
+    lines = ["# Learning curves", "",
+             "LFW LR-HR verification (16×16, SFace, 10-fold accuracy) of the EMA weights saved during each run "
+             "(`python -m training.table1 --learning-curve`); stage-2 runs start from the last point of their "
+             "stage 1. Checkpoints were selected on the validation split of the training pool, never on these "
+             "figures.", "",
+             "| run | step | samples | LFW ACC (%) | VR@0.1 % (%) |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {p['run']} | {p['step']} | {p['samples']} | {100 * p['lfw_accuracy']:.2f} | "
+              f"{100 * p['vr@far=0.001']:.2f} |" for p in points]
+    (out / "learning_curve.md").write_text("\n".join(lines) + "\n")
+
+
+def write_table(rows: list[dict], gaps: dict, methods: list[tuple[str, str]], weights: Path, out: Path,
+                seconds: float) -> None:
+    provenance = []
+    for title, key in methods:
+        run = json.loads((weights / key / "run.json").read_text()) if (weights / key / "run.json").exists() else {}
+        best = run.get("best", {})
+        provenance.append(f"| {title} | `weights/{key}/generator.pt` | {run.get('recipe', '?')} | "
+                          f"{run.get('total_steps', '?')} | {best.get('step', '?')} | {best.get('val_cos', float('nan')):.4f} |")
+    lines = [
+        "# Table I for our setting",
+        "",
+        "LFW LR-HR verification (one face of each of the 6,000 pairs degraded 128→16) and CelebA rank-1 "
+        "(probes degraded 128→16), scored by SFace (the recognizer F the identity losses use) and by dlib's "
+        "ResNet (held out: never used in training; it re-aligns every face with its own landmarks). Protocol "
+        "details: `results/baselines.md`. Command: `python -m training.table1`, "
+        f"{seconds / 60:.0f} min for the rows not already in `results/eval/`.",
+        "",
+        ev.markdown_table(rows).rstrip(),
+        "",
+        "## Weights",
+        "",
+        "| method | weights | recipe | steps | selected step | validation mean cos |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *provenance,
+        "",
+        "## Fig. 5: gaps between F(HR) and F(SR) (`fig5_gaps.png`)",
+        "",
+        "| method | recognizer | mean cosine | mean angle (°) | mean magnitude gap | mean ‖F(SR)‖ | mean ‖F(HR)‖ |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, by_recognizer in gaps.items():
+        for recognizer, gap in by_recognizer.items():
+            lines.append(f"| {name} | {recognizer} | {gap['mean_cosine']:.4f} | {gap['mean_angle_deg']:.2f} | "
+                         f"{gap['mean_magnitude_gap']:.4f} | {gap['mean_norm_other']:.3f} | "
+                         f"{gap['mean_norm_reference']:.3f} |")
+    lines += ["", "`grid.png`: LR (16×16 shown ×8), Bicubic, each method and HR for six LFW faces."]
+    (out / "table1.md").write_text("\n".join(lines) + "\n")
+    (out / "table1.json").write_text(json.dumps({"rows": rows, "fig5": gaps}, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=Path, default=ROOT / "weights")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument("--learning-curve", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    recognizers = ev.load_recognizers()
+    common = dict(recognizers=recognizers, cache=args.cache, data=args.data, out=args.out)
+
+    methods = [(title, key) for title, key in METHODS if (args.weights / key / "generator.pt").exists()]
+    missing = [key for _, key in METHODS if not (args.weights / key / "generator.pt").exists()]
+    if missing:
+        log.warning("no weights yet for %s: their rows are left out", ", ".join(missing))
+    rows = [evaluate_cached("HR-HR", "hr_hr", "hr", None, **common),
+            evaluate_cached("Bicubic", "bicubic", "bicubic", ev.bicubic_sr, **common)]
+    sr_functions = {"Bicubic": ev.bicubic_sr}
+    for title, key in methods:
+        path = args.weights / key / "generator.pt"
+        sr_functions[title] = generator_sr(path)
+        rows.append(evaluate_cached(title, key, sha256(path), sr_functions[title], **common))
+    gaps = method_gaps(sr_functions, recognizers, args.cache)
+    plot_gaps(gaps, args.out / "fig5_gaps.png")
+    picture_grid(sr_functions, args.cache, args.out / "grid.png")
+    write_table(rows, gaps, methods, args.weights, args.out, time.perf_counter() - started)
+    log.info("wrote %s", args.out / "table1.md")
+    if args.learning_curve:
+        points = learning_curve(args.runs, {"sface": recognizers["sface"]}, args.cache, args.data, args.out)
+        write_learning_curve(points, args.runs, args.out)
+
+
+if __name__ == "__main__":
+    main()
