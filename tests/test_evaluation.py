@@ -255,6 +255,11 @@ def test_evaluate_end_to_end_on_synthetic_cache(tmp_path):
     assert result["lfw"]["colour"]["gaps"]["mean_cosine"] > 0.99
     # HR features were computed once per set; the Bicubic run embedded only its super-resolved faces.
     assert sum(calls) == 10 + 6 + result["lfw"]["lr_faces"] + 3
+    spread = ev.evaluate(ev.bicubic_sr, "Bicubic", recognizers, protocols=("lfw",), cache_root=cache,
+                         data_root=data, batch_size=4, seed_spread=3)["lfw"]["colour"]
+    assert spread["seed_spread"]["seeds"] == [ev.LR_SIDE_SEED, ev.LR_SIDE_SEED + 1, ev.LR_SIDE_SEED + 2]
+    assert spread["accuracy"] == result["lfw"]["colour"]["accuracy"]
+    assert spread["seed_spread"]["accuracy"] == {"mean": 1.0, "std": 0.0, "min": 1.0, "max": 1.0}
     table = ev.markdown_table([result])
     assert "| colour | Bicubic | 100.00 ± 0.00 | 100.00 | 100.00 | 100.00 |" in table
 
@@ -290,3 +295,22 @@ def test_hr_features_cache_follows_recognizer_version(tmp_path):
     again = ev.hr_features(tmp_path / "set", "r", Embed("v1"))
     ev.hr_features(tmp_path / "set", "r", Embed("v2"))
     assert calls == ["v1", "v2"] and np.array_equal(first, again)
+
+
+def test_lr_side_seed_spread_summarizes_each_seed():
+    rng = np.random.default_rng(4)
+    rows = np.array([[0, 1], [2, 3], [4, 5], [6, 7], [0, 2], [1, 3], [4, 6], [5, 7]])
+    same = np.array([True] * 4 + [False] * 4)
+    folds = np.array([0, 1] * 4)
+    hr = rng.normal(size=(8, 5))
+    sr = hr + rng.normal(scale=2.0, size=(8, 5))
+    spread = ev.lr_side_seed_spread(sr, hr, rows, same, folds, seeds=[7, 8])
+    accuracies = []
+    for seed in (7, 8):
+        side = ev.choose_lr_side(len(rows), seed)
+        scores = ev.cosine_rows(sr[rows[np.arange(8), side]], hr[rows[np.arange(8), 1 - side]])
+        accuracies.append(ev.kfold_accuracy(scores, same, folds)["accuracy"])
+    assert spread["seeds"] == [7, 8]
+    assert spread["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
+    assert spread["accuracy"]["min"] == pytest.approx(min(accuracies))
+    assert spread["accuracy"]["max"] == pytest.approx(max(accuracies))
