@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -99,8 +100,11 @@ def write_markdown(path: Path, report: dict) -> None:
     lines = [
         "# Baselines: HR-HR and Bicubic (16→128)",
         "",
-        f"Command: `{report['command']}` — run time {report['seconds'] / 60:.1f} min on {report['machine']} "
-        "(2 shared CPU cores, HR features computed on this run and cached).",
+        f"Command: `{report['command']}` — run time {report['seconds'] / 60:.1f} min on {report['machine']}; "
+        + ("HR features taken from the caches of an earlier run." if all(report["hr_features_cached"].values())
+           else "HR features computed on this run (then cached): "
+           + ", ".join(f"{key} {'cached' if cached else 'computed'}"
+                       for key, cached in report["hr_features_cached"].items()) + "."),
         "",
         "## Table I rows",
         "",
@@ -173,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     recognizers = ev.load_recognizers()
+    hr_cached = {f"{set_name}/{name}": ev.hr_features_cached(ev.cache_dir(args.cache, set_name), name, embed)
+                 for set_name in ("lfw", "celeba") for name, embed in recognizers.items()}
     common = dict(cache_root=args.cache, data_root=args.data, batch_size=args.batch_size)
     rows = [ev.evaluate(None, "HR-HR", recognizers, **common),
             ev.evaluate(ev.bicubic_sr, "Bicubic", recognizers, seed_spread=args.seed_spread, **common)]
@@ -188,11 +194,14 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "command": "python -m training.baselines" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
         "seconds": time.perf_counter() - started,
-        "machine": f"{platform.machine()} Linux, torch {torch.__version__}, {args.threads} threads",
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs (shared), "
+                   f"torch {torch.__version__} with {args.threads} threads",
+        "hr_features_cached": hr_cached,
         "caches": {name: json.loads((ev.cache_dir(args.cache, name) / "summary.json").read_text())
                    for name in ("lfw", "celeba")},
         "rows": rows,
-        "fig2": {"faces": len(sample), "population": len(next(iter(hr.values()))), "seed": ev.SAMPLE_SEED, "resolutions": list(RESOLUTIONS), "gaps": gaps},
+        "fig2": {"faces": len(sample), "population": len(next(iter(hr.values()))), "seed": ev.SAMPLE_SEED,
+                 "resolutions": list(RESOLUTIONS), "gaps": gaps},
     }
     (args.out / "baselines.json").write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(args.out / "baselines.md", report)

@@ -385,15 +385,22 @@ def _fingerprint(folder: Path, embed: EmbedFunction) -> dict:
             "recognizer_source_sha256": getattr(embed, "version", None)}
 
 
+def hr_features_cached(folder: Path, recognizer: str, embed: EmbedFunction) -> bool:
+    """Whether ``feat_<recognizer>.npy`` of this cache is there and was made from these faces and recognizer."""
+    path, meta_path = Path(folder) / f"feat_{recognizer}.npy", Path(folder) / f"feat_{recognizer}.json"
+    if not (path.exists() and meta_path.exists()):
+        return False
+    meta = json.loads(meta_path.read_text())
+    return all(meta.get(key) == value for key, value in _fingerprint(folder, embed).items())
+
+
 def hr_features(folder: Path, recognizer: str, embed: EmbedFunction, batch_size: int = BATCH_SIZE) -> np.ndarray:
     """Features of every HR face of a cache, computed once and kept in ``feat_<recognizer>.npy``."""
     folder = Path(folder)
     path, meta_path = folder / f"feat_{recognizer}.npy", folder / f"feat_{recognizer}.json"
+    if hr_features_cached(folder, recognizer, embed):
+        return np.load(path)
     fingerprint = _fingerprint(folder, embed)
-    if path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if all(meta.get(key) == value for key, value in fingerprint.items()):
-            return np.load(path)
     faces = np.load(folder / "faces.npy", mmap_mode="r")
     log.info("%s: computing %s features of %d HR faces (cached afterwards in %s)", folder.name, recognizer,
              len(faces), path)
