@@ -90,6 +90,14 @@ def test_every_stage2_method_trains(config, stage1_weights, cache, tmp_path):
     assert not torch.equal(before.tail.weight, after.tail.weight)
 
 
+def test_bicubic_skip_variant_trains_both_stages(cache, tmp_path):
+    run_main("stage1_skip.toml", tmp_path / "stage1", cache)
+    for config in ("iafsr_skip.toml", "srnet_skip.toml"):
+        run_main(config, tmp_path / config, cache, "--init", str(tmp_path / "stage1" / "generator.pt"))
+        generator, saved = load_generator(tmp_path / config / "generator.pt")
+        assert saved["bicubic_skip"] and generator.bicubic_skip
+
+
 def test_stage2_refuses_weights_of_another_architecture(stage1_weights, cache, tmp_path):
     with pytest.raises(ValueError, match="bicubic_skip"):
         run_main("iafsr.toml", tmp_path, cache, "--init", str(stage1_weights), "--set", "bicubic_skip=true")
