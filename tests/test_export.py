@@ -12,7 +12,6 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 import onnxruntime  # noqa: E402
-from onnx import numpy_helper  # noqa: E402
 
 from export import generator as exporter  # noqa: E402
 from training.models import Generator, save_generator  # noqa: E402
