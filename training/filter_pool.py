@@ -4,8 +4,8 @@
 
 Every aligned HR face of LFW, CelebA and UTKFace is described by the held-out dlib recognizer
 (:class:`training.recognizers.dlib_resnet.DlibJudge`: dlib's own alignment, then our port of its ResNet). The
-descriptors are cached as ``<cache>/<set>/dlib_own.npy`` (with ``dlib_own_detected.npy``, whether dlib's
-detector found the face, and ``dlib_own.json``, what they were computed from), for evaluation to reuse.
+descriptors are the evaluation's cached HR features, ``<cache>/<set>/feat_dlib.npy``
+(:func:`training.evaluation.hr_features`), computed once and shared.
 
 A UTKFace face is dropped when its descriptor lies within the threshold (euclidean distance, as dlib compares
 descriptors) of ANY LFW or CelebA face. The threshold comes from the evaluation sets' own identity labels,
@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
-import json
 import logging
 import shlex
 import sys
@@ -51,53 +49,6 @@ PAIRS_PER_IDENTITY = 20
 IMPOSTOR_PAIRS = 200_000
 SEED = 0
 REPORT = Path(__file__).resolve().parents[1] / "results" / "pool_filter.md"
-DESCRIPTOR_FILE = "dlib_own.npy"
-DETECTED_FILE = "dlib_own_detected.npy"
-META_FILE = "dlib_own.json"
-
-
-def _fingerprint(folder: Path) -> dict:
-    stat = (folder / "faces.npy").stat()
-    source = Path(__file__).resolve().parent / "recognizers" / "dlib_resnet.py"
-    return {
-        "faces_bytes": stat.st_size,
-        "faces_mtime_ns": stat.st_mtime_ns,
-        "dlib_resnet_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
-    }
-
-
-def own_descriptors(folder: Path, judge, batch: int = 512) -> tuple[np.ndarray, np.ndarray, bool]:
-    """dlib descriptors (N, 128) float32 of every HR face of a cache, whether dlib detected each face, and
-    whether they came from the cache: computed once and kept next to the faces while the faces and the
-    recognizer's source are unchanged."""
-    fingerprint = _fingerprint(folder)
-    meta_path = folder / META_FILE
-    if meta_path.exists() and (folder / DESCRIPTOR_FILE).exists() and (folder / DETECTED_FILE).exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") == fingerprint:
-            log.info("%s: reusing %s", folder.name, folder / DESCRIPTOR_FILE)
-            return np.load(folder / DESCRIPTOR_FILE), np.load(folder / DETECTED_FILE), True
-    faces = np.load(folder / "faces.npy", mmap_mode="r")
-    descriptors = np.empty((len(faces), 128), np.float32)
-    detected = np.empty(len(faces), bool)
-    started = time.perf_counter()
-    for start in tqdm(range(0, len(faces), batch), desc=f"{folder.name}: dlib descriptors", unit="batch"):
-        chunk = np.array(faces[start:start + batch])
-        chips, detected[start:start + len(chunk)] = judge.chips(chunk)
-        descriptors[start:start + len(chunk)] = judge.descriptors_of_chips(chips)
-    seconds = time.perf_counter() - started
-    for name, array in ((DESCRIPTOR_FILE, descriptors), (DETECTED_FILE, detected)):
-        temporary = folder / (name + ".tmp.npy")
-        np.save(temporary, array)
-        temporary.replace(folder / name)
-    meta = {"fingerprint": fingerprint, "faces": len(faces), "detected": int(detected.sum()),
-            "fallback": int((~detected).sum()), "seconds": round(seconds, 1)}
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    log.info("%s: %d descriptors in %.0f s (%d faces on the fallback box)", folder.name, len(faces), seconds,
-             meta["fallback"])
-    return descriptors, detected, False
-
-
 def nearest(queries: np.ndarray, references: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Euclidean distance from every query to its nearest reference, and that reference's index."""
     references64 = references.astype(np.float64)
@@ -282,9 +233,8 @@ def write_report(path: Path, facts: dict) -> None:
         lines.append(f"| {name} | {total:,} | {_fraction(detected, total)} | {total - detected:,} |")
     lines += [
         "",
-        "Descriptors are cached as `data/cache/<set>/dlib_own.npy` (one row per row of `faces.npy`), with "
-        "`dlib_own_detected.npy` and `dlib_own.json`; they are recomputed when the faces or `dlib_resnet.py` "
-        "change.",
+        "Descriptors are the evaluation's cached HR features, `data/cache/<set>/feat_dlib.npy` (one row per row "
+        "of `faces.npy`); they are recomputed when the faces or `dlib_resnet.py` change.",
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -303,24 +253,27 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from training.recognizers.dlib_resnet import DlibJudge
+    from training import evaluation
 
     started = time.perf_counter()
     for name in (*EVALUATION_SETS, POOL_SET):
         if not (args.cache / name / "DONE").exists():
             raise FileNotFoundError(f"{args.cache / name} is not prepared: run python -m training.prepare --sets {name}")
-    judge = DlibJudge()
+    embed = evaluation.load_recognizers(["dlib"])["dlib"]
     computed = []
-    descriptors, detected, paths = {}, {}, {}
+    descriptors, detected_count, paths = {}, {}, {}
     for name in (*EVALUATION_SETS, POOL_SET):
         folder = args.cache / name
-        descriptors[name], detected[name], reused = own_descriptors(folder, judge)
+        reused = evaluation.hr_features_cached(folder, "dlib", embed)
+        set_started = time.perf_counter()
+        descriptors[name] = evaluation.hr_features(folder, "dlib", embed)
+        fallback_rate = evaluation.hr_judge_fallback_rate(folder, "dlib")
+        detected_count[name] = round(len(descriptors[name]) * (1 - fallback_rate))
         paths[name] = read_paths(folder)
         if len(paths[name]) != len(descriptors[name]):
             raise ValueError(f"{folder}: index.tsv has {len(paths[name])} rows, descriptors {len(descriptors[name])}")
-        seconds = json.loads((folder / META_FILE).read_text())["seconds"]
-        computed.append(f"{name} descriptors {'reused, computed earlier in' if reused else 'computed in'} "
-                        f"{seconds / 60:.1f} min")
+        computed.append(f"{name} descriptors " + ("reused from the cache" if reused else
+                                                  f"computed in {(time.perf_counter() - set_started) / 60:.1f} min"))
 
     evaluation = np.concatenate([descriptors[name] for name in EVALUATION_SETS])
     evaluation_paths = [f"{name}/{path}" for name in EVALUATION_SETS for path in paths[name]]
@@ -390,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
         "count_rows": count_rows,
         "kept": len(keep),
         "pool_percentiles": [(q, float(np.percentile(distances, q))) for q in (1, 5, 50)],
-        "detection": {name: (len(detected[name]), int(detected[name].sum())) for name in (*EVALUATION_SETS, POOL_SET)},
+        "detection": {name: (len(descriptors[name]), detected_count[name]) for name in (*EVALUATION_SETS, POOL_SET)},
         "closest": [(float(distances[i]), paths[POOL_SET][i], evaluation_paths[nearest_index[i]]) for i in closest],
     }
     write_report(args.report, facts)
