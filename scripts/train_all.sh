@@ -14,9 +14,9 @@ train() {  # name config [init]
 train stage1 stage1
 train iafsr iafsr stage1
 train srnet srnet stage1
-train stage1_skip stage1_skip
-train iafsr_skip iafsr_skip stage1_skip
 train sr_angle sr_angle stage1
 train sr_ou sr_ou stage1
 train srgan srgan stage1
+train stage1_skip stage1_skip
+train iafsr_skip iafsr_skip stage1_skip
 train srnet_skip srnet_skip stage1_skip

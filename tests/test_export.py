@@ -185,10 +185,16 @@ def test_shipped_graphs(lr_faces, shipped_card, file):
         assert properties[key] == (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
 
 
-def test_shipped_placeholder_matches_its_seed(lr_faces, shipped_card):
-    if not shipped_card["placeholder"]:
-        pytest.skip("trained weights: the source weights file is not part of the checkout")
-    generator, _ = exporter.make_generator(None, shipped_card["training"]["seed"])
+def test_shipped_model_matches_its_source_weights(lr_faces, shipped_card):
+    """The shipped ONNX file computes what the committed weights it names (by sha256) compute in torch."""
+    if shipped_card["placeholder"]:
+        generator, _ = exporter.make_generator(None, shipped_card["training"]["seed"])
+    else:
+        sha = shipped_card["export"]["source_weights_sha256"]
+        sources = [path for path in sorted((SHIPPED.parents[1] / "weights").glob("*/generator.pt"))
+                   if exporter.sha256_of(path) == sha]
+        assert sources, f"no weights/*/generator.pt has the card's source sha256 {sha}"
+        generator, _ = exporter.make_generator(sources[0], 0)
     with torch.no_grad():
         reference = generator(torch.from_numpy(lr_faces)).numpy()
     assert np.abs(run(SHIPPED / exporter.FP32_FILE, lr_faces) - reference).max() <= 1e-4
