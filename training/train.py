@@ -9,9 +9,9 @@ A config (TOML) holds the loss weights and the schedule; its ``[cpu]`` and ``[pa
 the schedule for the 2-core CPU recipe and for the paper's recipe (``--recipe``). Stage 1 trains with the
 pixel loss only; stage 2 starts from stage-1 weights with the method's loss. Work is checkpointed in
 ``--out`` every ``checkpoint_every`` steps and on SIGTERM/SIGINT; running the same command again resumes
-exactly where it stopped. The selected generator (EMA weights, best validation mean cosine between
-F(SR) and F(HR)) is written to ``<out>/generator.pt`` and, with ``--publish DIR``, copied there with the
-config and the log.
+exactly where it stopped. The selected generator (EMA weights of a trained step, never the starting point:
+best validation mean cosine between F(SR) and F(HR)) is written to ``<out>/generator.pt`` and, with
+``--publish DIR``, copied there with the config and the log.
 """
 from __future__ import annotations
 
@@ -385,7 +385,8 @@ class Trainer:
         log_file.write(json.dumps(record) + "\n")
         log_file.flush()
         log.info("validation at step %d: %s", self.step, {k: round(v, 4) for k, v in metrics.items()})
-        if metrics["val_cos"] > self.best["val_cos"]:
+        # Step 0 is the starting point (for stage 2, the stage-1 weights): logged as a reference, never selected.
+        if self.step > 0 and metrics["val_cos"] > self.best["val_cos"]:
             self.best = {"val_cos": metrics["val_cos"], "step": self.step}
             save_generator(self.out / "generator.pt", self.ema, self.generator_config())
 
