@@ -38,7 +38,6 @@ import importlib.resources
 import logging
 import math
 import pathlib
-import struct
 
 import numpy as np
 import torch
