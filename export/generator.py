@@ -19,7 +19,6 @@ The card (``iafsr_generator.json``) records the measured errors, the sha256 of b
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import shlex
@@ -34,7 +33,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from iafsr_sdk.faces import HR_SIZE, LR_SIZE, TEMPLATE_128
-from training.models import Generator, fold_batch_norm, load_generator
+from training.models import Generator, fold_batch_norm, load_generator, sha256_of
 
 log = logging.getLogger("export.generator")
 
@@ -61,10 +60,6 @@ METHOD = (
     "generator trained first with a pixel loss, then with the pixel loss plus an identity loss on a frozen "
     "face recognizer's features: the cosine (angle) between F(SR) and F(HR) and the gap of their magnitudes."
 )
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def make_generator(weights: Path | None, seed: int) -> tuple[Generator, dict]:

@@ -236,8 +236,8 @@ class FaceEnhancer:
                     f"(onnxruntime {onnxruntime.__version__}, providers {onnxruntime.get_available_providers()}); "
                     "install onnxruntime-gpu"
                 )
-            session = self._cuda_session(data, options, cuda)
-            if session is None or "CUDAExecutionProvider" not in session.get_providers():
+            session = self._session_trying_cuda(data, options, cuda)
+            if "CUDAExecutionProvider" not in session.get_providers():
                 raise CudaUnavailableError(
                     "device='cuda' asked, but onnxruntime could not start CUDA and would run on the CPU "
                     "(no GPU or driver, or CUDA / cuDNN libraries missing: onnxruntime's log above says which)"
@@ -245,26 +245,26 @@ class FaceEnhancer:
             return session
         # auto
         if compiled_with_cuda and _cuda_driver_present():
-            session = self._cuda_session(data, options, cuda)
-            if session is not None and "CUDAExecutionProvider" in session.get_providers():
+            session = self._session_trying_cuda(data, options, cuda)
+            if "CUDAExecutionProvider" in session.get_providers():
                 log.info("device='auto': using CUDA device %d", device_id)
-                return session
-            log.warning("device='auto': a CUDA driver is present but onnxruntime could not use it "
-                        "(see its log above); running on the CPU")
-            return session or self._create_session(data, options, cpu)
+            else:
+                log.warning("device='auto': a CUDA driver is present but onnxruntime could not use it "
+                            "(see its log above); running on the CPU")
+            return session
         log.info("device='auto': no usable CUDA device here; running on the CPU")
         return self._create_session(data, options, cpu)
 
-    def _cuda_session(self, data: bytes, options: onnxruntime.SessionOptions,
-                      providers: list) -> onnxruntime.InferenceSession | None:
-        """A session asking for CUDA; None where creating it failed but the model loads on the CPU (so the
-        failure was CUDA's, not the model's)."""
+    def _session_trying_cuda(self, data: bytes, options: onnxruntime.SessionOptions,
+                             providers: list) -> onnxruntime.InferenceSession:
+        """A session asking for CUDA. Where creating it fails, a CPU session instead: if that fails too, the
+        model is at fault and its ModelFileError propagates; callers tell the two apart by the providers."""
         try:
             return self._create_session(data, options, providers)
         except ModelFileError as cuda_error:
-            self._create_session(data, options, ["CPUExecutionProvider"])  # raises if the model is at fault
+            cpu_session = self._create_session(data, options, ["CPUExecutionProvider"])
             log.warning("onnxruntime failed to create a CUDA session: %s", cuda_error.__cause__)
-            return None
+            return cpu_session
 
     @staticmethod
     def _check_available(asked: list[str]) -> None:

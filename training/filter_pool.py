@@ -275,12 +275,12 @@ def main(argv: list[str] | None = None) -> None:
         computed.append(f"{name} descriptors " + ("reused from the cache" if reused else
                                                   f"computed in {(time.perf_counter() - set_started) / 60:.1f} min"))
 
-    evaluation = np.concatenate([descriptors[name] for name in EVALUATION_SETS])
+    evaluation_descriptors = np.concatenate([descriptors[name] for name in EVALUATION_SETS])
     evaluation_paths = [f"{name}/{path}" for name in EVALUATION_SETS for path in paths[name]]
     evaluation_sets = np.concatenate([np.full(len(paths[name]), name) for name in EVALUATION_SETS])
     labels = np.concatenate([read_labels(name, paths[name], args.data) for name in EVALUATION_SETS])
 
-    nearest_same, nearest_other = nearest_same_and_other(evaluation, labels)
+    nearest_same, nearest_other = nearest_same_and_other(evaluation_descriptors, labels)
     chosen = choose_threshold(nearest_same, nearest_other)
     catch, false_match = one_against_many_rates(nearest_same, nearest_other, np.array([chosen]))
     if args.threshold is not None:
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("threshold %.3f (catch %.3f, false match %.3f at the chosen %.3f)", threshold, catch[0],
              false_match[0], chosen)
 
-    distances, nearest_index = nearest(descriptors[POOL_SET], evaluation)
+    distances, nearest_index = nearest(descriptors[POOL_SET], evaluation_descriptors)
     keep = np.flatnonzero(distances >= threshold)
     keep_path = args.cache / POOL_SET / "keep.txt"
     temporary = keep_path.with_suffix(".tmp")
@@ -307,8 +307,8 @@ def main(argv: list[str] | None = None) -> None:
              len(distances), threshold, keep_path)
 
     rng = np.random.default_rng(SEED)
-    genuine = same_identity_distances(evaluation, labels, rng)
-    impostor = impostor_distances(evaluation, labels, rng)
+    genuine = same_identity_distances(evaluation_descriptors, labels, rng)
+    impostor = impostor_distances(evaluation_descriptors, labels, rng)
     table = np.array(sorted({*np.round(np.arange(0.35, 0.601, 0.05), 3), round(chosen, 3), round(threshold, 3)}))
     table_catch, table_false = one_against_many_rates(nearest_same, nearest_other, table)
     rate_rows = [{"t": t, "pair_same": float((genuine < t).mean()), "pair_other": float((impostor < t).mean()),
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(),
         "computed": ", ".join(computed),
         "pool_faces": len(distances),
-        "evaluation_faces": len(evaluation),
+        "evaluation_faces": len(evaluation_descriptors),
         "set_faces": {name: len(paths[name]) for name in EVALUATION_SETS},
         "threshold": threshold,
         "threshold_reason": reason,

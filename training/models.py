@@ -4,6 +4,9 @@ Images are NCHW RGB floats in [0, 1], in and out. The generator maps 16×16 face
 """
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -141,6 +144,11 @@ def save_generator(path, generator: Generator, config: dict) -> None:
     """Write the generator's weights with the config that built it (``bicubic_skip``, method, ...)."""
     torch.save({"generator": generator.state_dict(), "config": dict(config, bicubic_skip=generator.bicubic_skip)},
                path)
+
+
+def sha256_of(path) -> str:
+    """Hex SHA-256 of a file: how weights files, and the models exported from them, are identified."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_generator(path) -> tuple[Generator, dict]:

@@ -13,7 +13,6 @@ with ``--learning-curve``, ``results/learning_curve.md`` / ``.png``. Each method
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import time
@@ -24,7 +23,7 @@ import torch
 
 from iafsr_sdk.faces import HR_SIZE, degrade
 from training import evaluation as ev
-from training.models import load_generator
+from training.models import load_generator, sha256_of
 from training.prepare import DEFAULT_DATA, DEFAULT_OUT
 
 log = logging.getLogger("training.table1")
@@ -58,10 +57,6 @@ def generator_sr(path: Path, batch_size: int = 128) -> ev.SRFunction:
         return np.concatenate(outputs)
 
     return super_resolve
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def evaluate_cached(name: str, key: str, fingerprint: str, sr_fn: ev.SRFunction | None, recognizers: dict,
@@ -136,7 +131,7 @@ def learning_curve(runs: Path, names: list[str], recognizers: dict, cache: Path,
         snapshots = sorted((folder / "snapshots").glob("step_*.pt")) if folder.is_dir() else []
         for snapshot in snapshots:
             config = torch.load(snapshot, map_location="cpu", weights_only=True)["config"]
-            result = evaluate_cached(f"{key}@{config['step']}", f"curve_{key}_{config['step']:06d}", sha256(snapshot),
+            result = evaluate_cached(f"{key}@{config['step']}", f"curve_{key}_{config['step']:06d}", sha256_of(snapshot),
                                      generator_sr(snapshot), recognizers, cache, data, out, protocols=("lfw",))
             lfw = result["lfw"]["sface"]
             points.append({"run": key, "step": config["step"], "samples": config["samples"],
@@ -247,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     for title, key in methods:
         path = args.weights / key / "generator.pt"
         sr_functions[title] = generator_sr(path)
-        rows.append(evaluate_cached(title, key, sha256(path), sr_functions[title], **common))
+        rows.append(evaluate_cached(title, key, sha256_of(path), sr_functions[title], **common))
     gaps = {row["name"]: {name: row["lfw"][name]["gaps"] for name in row["recognizers"]} for row in rows[1:]}
     plot_gaps(gaps, args.out / "fig5_gaps.png")
     picture_grid(sr_functions, args.cache, args.out / "grid.png")
