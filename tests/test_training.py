@@ -99,6 +99,45 @@ def test_bicubic_skip_variant_trains_both_stages(cache, tmp_path):
         assert saved["bicubic_skip"] and generator.bicubic_skip
 
 
+def test_edge_shift_variant_trains_both_stages(cache, tmp_path):
+    log = run_main("stage1_shift.toml", tmp_path / "stage1", cache)
+    assert np.isfinite([record["loss"] for record in log if "loss" in record]).all()
+    for config in ("iafsr_shift.toml", "srnet_shift.toml"):
+        log = run_main(config, tmp_path / config, cache, "--init", str(tmp_path / "stage1" / "generator.pt"))
+        last = [record for record in log if "loss" in record][-1]
+        assert np.isfinite(last["loss"]) and last["cos_loss"] > 0
+        _, saved = load_generator(tmp_path / config / "generator.pt")
+        assert saved["method"] == config.removesuffix(".toml")
+
+
+def test_edge_shifts_are_reproducible_and_only_in_the_variant():
+    plain = train.read_config(CONFIGS / "iafsr.toml", "cpu", {})
+    shifted = train.read_config(CONFIGS / "iafsr_shift.toml", "cpu", {})
+    assert not train.batch_shifts(plain, 7, 32).any()
+    shifts = train.batch_shifts(shifted, 7, 32)
+    np.testing.assert_array_equal(shifts, train.batch_shifts(shifted, 7, 32))
+    assert set(shifts[:, 0]) <= set(train.EDGE_SHIFTS_Y) and set(shifts[:, 1]) <= set(train.EDGE_SHIFTS_X)
+    assert shifts.any() and not np.array_equal(shifts, train.batch_shifts(shifted, 8, 32))
+    assert not (np.array(train.EDGE_SHIFTS_Y + train.EDGE_SHIFTS_X) % 8).any()  # whole LR pixels
+
+
+def test_translation_moves_faces_and_marks_what_wrapped_as_no_photo():
+    rng = np.random.default_rng(0)
+    faces = torch.from_numpy(rng.random((3, 3, 128, 128), np.float32))
+    masks = torch.ones(3, 1, 128, 128)
+    shifts = np.array([[0, 0], [24, -24], [40, 24]])
+    moved = train.translate(faces, shifts)
+    torch.testing.assert_close(moved[1, :, 0, 24], faces[1, :, 24, 0], rtol=0, atol=0)
+    torch.testing.assert_close(moved[2, :, 0, 0], faces[2, :, 40, 24], rtol=0, atol=0)
+    torch.testing.assert_close(train.translate(moved, shifts, inverse=True), faces, rtol=0, atol=0)
+    moved_masks = train.translate_mask(masks, shifts)
+    assert moved_masks[0].all()
+    assert moved_masks[1, 0, :104, 24:].all() and not moved_masks[1, 0, 104:].any() \
+        and not moved_masks[1, 0, :, :24].any()
+    assert moved_masks[2, 0, :88, :104].all() and not moved_masks[2, 0, 88:].any() \
+        and not moved_masks[2, 0, :, 104:].any()
+
+
 def test_stage2_refuses_weights_of_another_architecture(stage1_weights, cache, tmp_path):
     with pytest.raises(ValueError, match="bicubic_skip"):
         run_main("iafsr.toml", tmp_path, cache, "--init", str(stage1_weights), "--set", "bicubic_skip=true")

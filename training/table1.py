@@ -29,7 +29,7 @@ from training.prepare import DEFAULT_DATA, DEFAULT_OUT
 log = logging.getLogger("training.table1")
 
 ROOT = Path(__file__).resolve().parents[1]
-# (row title, folder under weights/ and runs/), in the paper's order; the last two are the bicubic-skip variant
+# (row title, folder under weights/ and runs/), in the paper's order, then the variants outside the paper
 METHODS = (
     ("SR-net", "srnet"),
     ("SRGAN", "srgan"),
@@ -38,6 +38,8 @@ METHODS = (
     ("IAFSR", "iafsr"),
     ("SR-net, bicubic skip", "srnet_skip"),
     ("IAFSR, bicubic skip", "iafsr_skip"),
+    ("SR-net, edge shift", "srnet_shift"),
+    ("IAFSR, edge shift", "iafsr_shift"),
 )
 GRID_FACES = 6
 

@@ -45,6 +45,7 @@ class Config:
     name: str
     stage: int = 1
     bicubic_skip: bool = False
+    edge_shift: bool = False  # translate training faces so that real content reaches the image edges
     epochs: float = 1.0
     steps: int = 0  # when > 0, overrides epochs
     batch_size: int = 32
@@ -127,6 +128,45 @@ def batch_rows(config: Config, train_rows: np.ndarray, step: int) -> tuple[np.nd
     rows = train_rows[order[position * config.batch_size:(position + 1) * config.batch_size]]
     flips = np.random.default_rng([config.seed, epoch, position, 1]).random(len(rows)) < 0.5
     return rows, flips
+
+
+# Translations (rows up, columns left) of the edge-shift variant, whole LR pixels so that the LR of a shifted
+# face is the shifted LR. The aligned UTKFace crops hold no photo in rows 0-20 and little in the outer ~12
+# columns (masked out of the losses), so without them the generator's output at the image edges is never
+# supervised, while LFW and CelebA faces have content there.
+EDGE_SHIFTS_Y = (0, 24, 40)
+EDGE_SHIFTS_X = (-24, 0, 24)
+
+
+def batch_shifts(config: Config, step: int, count: int) -> np.ndarray:
+    """(count, 2) translations (dy, dx) of global step ``step``, a pure function of the seed and the step."""
+    if not config.edge_shift:
+        return np.zeros((count, 2), np.int64)
+    rng = np.random.default_rng([config.seed, step, 2])
+    return np.stack([rng.choice(EDGE_SHIFTS_Y, count), rng.choice(EDGE_SHIFTS_X, count)], axis=1)
+
+
+def translate(images: torch.Tensor, shifts: np.ndarray, inverse: bool = False) -> torch.Tensor:
+    """Each image moved up by dy rows and left by dx columns (back with ``inverse``), wrapping around."""
+    if not shifts.any():
+        return images
+    moved = torch.empty_like(images)
+    for index, (dy, dx) in enumerate(shifts.tolist()):
+        moved[index] = images[index].roll((dy, dx) if inverse else (-dy, -dx), dims=(-2, -1))
+    return moved
+
+
+def translate_mask(mask: torch.Tensor, shifts: np.ndarray) -> torch.Tensor:
+    """The validity mask of the translated faces: what wrapped around is no photo."""
+    moved = translate(mask, shifts)
+    for index, (dy, dx) in enumerate(shifts.tolist()):
+        if dy:
+            moved[index, :, mask.shape[-2] - dy:] = 0
+        if dx > 0:
+            moved[index, :, :, mask.shape[-1] - dx:] = 0
+        elif dx < 0:
+            moved[index, :, :, :-dx] = 0
+    return moved
 
 
 def to_tensor(faces: np.ndarray, masks: np.ndarray, flips: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,23 +316,27 @@ class Trainer:
         return True
 
     # ---- one step ----------------------------------------------------------------------------------
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, np.ndarray]:
         rows, flips = batch_rows(self.config, self.train_rows, step)
-        rows, flips = rows[self.dist.rank::self.dist.world], flips[self.dist.rank::self.dist.world]
+        shifts = batch_shifts(self.config, step, len(rows))
+        ranks = slice(self.dist.rank, None, self.dist.world)
+        rows, flips, shifts = rows[ranks], flips[ranks], shifts[ranks]
         hr, mask = to_tensor(self.faces[rows], self.masks[rows], flips)
         hr_features = self.hr_features[rows, flips.astype(np.int64)].to(self.device) if self.tracks_identity \
             else None
-        return hr.to(self.device, memory_format=self.memory_format), mask.to(self.device), hr_features
+        return hr.to(self.device, memory_format=self.memory_format), mask.to(self.device), hr_features, shifts
 
     def train_step(self, step: int) -> dict[str, float]:
         config = self.config
         factor = lr_factor(config, step, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = config.lr * factor
-        hr, mask, f_hr = self.batch(step)
-        lr_faces = degrade(hr).contiguous(memory_format=self.memory_format)
+        hr, mask, f_hr, shifts = self.batch(step)
+        # The generator sees the faces translated (by nothing unless edge_shift is on); F sees them aligned.
+        shifted_hr, shifted_mask = translate(hr, shifts), translate_mask(mask, shifts)
+        lr_faces = degrade(shifted_hr).contiguous(memory_format=self.memory_format)
         with self.autocast():
-            sr = self.train_generator(lr_faces).float()
+            shifted_sr = self.train_generator(lr_faces).float()
         metrics: dict[str, float] = {}
 
         if self.discriminator is not None:
@@ -300,7 +344,7 @@ class Trainer:
                 group["lr"] = config.disc_lr * factor
             # One forward over real and fake together: a DDP module may run only one forward per backward.
             with self.autocast():
-                logits = self.train_discriminator(torch.cat([hr, sr.detach()])).float()
+                logits = self.train_discriminator(torch.cat([shifted_hr, shifted_sr.detach()])).float()
             real_logits, fake_logits = logits.chunk(2)
             d_loss = losses.discriminator_loss(real_logits, fake_logits)
             self.disc_optimizer.zero_grad(set_to_none=True)
@@ -308,12 +352,14 @@ class Trainer:
             self.disc_optimizer.step()
             metrics["d_loss"] = d_loss.item()
 
-        pixel = losses.pixel_loss(sr, hr, mask)
+        pixel = losses.pixel_loss(shifted_sr, shifted_hr, shifted_mask)
         total = config.pixel_weight * pixel
         metrics["pixel"] = pixel.item()
         if config.uses_identity or f_hr is not None and self.dist.main and self.logs_after(step + 1):
-            # F sees the SR face with the photo's padding taken from HR, so only real pixels carry identity.
-            composite = sr * mask + hr * (1 - mask)
+            # F sees the SR face with the photo's padding (and what wrapped around) taken from HR, so only real
+            # pixels carry identity.
+            sr, sr_mask = translate(shifted_sr, shifts, inverse=True), translate(shifted_mask, shifts, inverse=True)
+            composite = sr * sr_mask + hr * (1 - sr_mask)
             with torch.set_grad_enabled(config.uses_identity):
                 f_sr = self.recognizer(composite)
             cos_term, magnitude_term = losses.identity_terms(f_sr, f_hr)
@@ -330,7 +376,7 @@ class Trainer:
                 metrics["euclid"] = euclid.item()
         if self.discriminator is not None:
             with self.autocast():
-                fake_logits = self.train_discriminator(sr).float()
+                fake_logits = self.train_discriminator(shifted_sr).float()
             adversarial = losses.generator_adversarial_loss(fake_logits)
             total = total + config.adversarial_weight * adversarial
             metrics["adversarial"] = adversarial.item()
