@@ -4,8 +4,7 @@
     python -m export.generator --random-init --seed 0 --out iafsr_sdk/models/     # placeholder weights
 
 The graph holds standard operators only: BatchNorm is folded into the convolutions, PixelShuffle is
-``DepthToSpace`` (mode CRD), PReLU slopes are shaped (C, 1, 1), and the optional bicubic skip is two
-constant ``MatMul``. The batch dimension is dynamic; height and width are fixed at 16 in, 128 out.
+``DepthToSpace`` (mode CRD) and PReLU slopes are shaped (C, 1, 1). The batch dimension is dynamic; height and width are fixed at 16 in, 128 out.
 
 Both files take and return float32 NCHW RGB in [0, 1] (output not clipped). The fp16 file stores weights and
 computes in float16 between a Cast after the input and a Cast before the output, so callers feed the same
@@ -69,7 +68,7 @@ def make_generator(weights: Path | None, seed: int) -> tuple[Generator, dict]:
         return generator, dict(config, weights_sha256=sha256_of(weights))
     torch.manual_seed(seed)
     generator = Generator().eval()
-    return generator, {"placeholder": True, "seed": seed, "bicubic_skip": generator.bicubic_skip}
+    return generator, {"placeholder": True, "seed": seed}
 
 
 def multiply_adds_per_face(model: torch.nn.Module) -> int:
@@ -86,8 +85,6 @@ def multiply_adds_per_face(model: torch.nn.Module) -> int:
         model(torch.zeros(1, 3, LR_SIZE, LR_SIZE))
     for hook in hooks:
         hook.remove()
-    if getattr(model, "bicubic_skip", False):
-        total += 3 * (LR_SIZE * LR_SIZE * HR_SIZE + HR_SIZE * LR_SIZE * HR_SIZE)
     return total
 
 
@@ -222,7 +219,7 @@ def make_card(generator: Generator, config: dict, graph: onnx.ModelProto, parity
                                "Its output is not a face; it only exercises the runtime."}
         if placeholder
         else {"data": config.get("data", "UTKFace aligned & cropped subset, faces close to LFW/CelebA "
-                                         "identities removed (see the training report)"),
+                                         "identities removed (results/pool_filter.md)"),
               "config": {k: v for k, v in config.items() if k != "weights_sha256"}}
     )
     return {
@@ -236,7 +233,6 @@ def make_card(generator: Generator, config: dict, graph: onnx.ModelProto, parity
             "upsample_blocks": len(generator.upsample),
             "channels": 64,
             "tail": "Conv 9×9 64→3",
-            "bicubic_skip": bool(generator.bicubic_skip),
             "batch_norm": "folded into the preceding convolutions",
             "onnx_ops": sorted({node.op_type for node in graph.graph.node}),
             "opset": OPSET,

@@ -17,6 +17,6 @@ train srnet srnet stage1
 train sr_angle sr_angle stage1
 train sr_ou sr_ou stage1
 train srgan srgan stage1
-train stage1_skip stage1_skip
-train iafsr_skip iafsr_skip stage1_skip
-train srnet_skip srnet_skip stage1_skip
+train stage1_shift stage1_shift
+train iafsr_shift iafsr_shift stage1_shift
+train srnet_shift srnet_shift stage1_shift

@@ -15,18 +15,17 @@ import onnxruntime  # noqa: E402
 
 from export import generator as exporter  # noqa: E402
 from training.models import Generator, save_generator  # noqa: E402
-from training.resample import resize  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHIPPED = Path(exporter.__file__).resolve().parents[1] / "iafsr_sdk" / "models"
-ALLOWED_OPS = {"Conv", "PRelu", "DepthToSpace", "Add", "MatMul", "Cast"}
+ALLOWED_OPS = {"Conv", "PRelu", "DepthToSpace", "Add", "Cast"}
 
 
-def trained_like_generator(bicubic_skip: bool, seed: int) -> Generator:
+def trained_like_generator(seed: int) -> Generator:
     """A generator whose BatchNorm statistics and PReLU slopes are not at their defaults, so that BN
     folding and per-layer slopes are really exercised, with outputs around the [0, 1] image range."""
     torch.manual_seed(seed)
-    generator = Generator(bicubic_skip=bicubic_skip)
+    generator = Generator()
     with torch.no_grad():
         for module in generator.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -36,11 +35,8 @@ def trained_like_generator(bicubic_skip: bool, seed: int) -> Generator:
                 module.bias.normal_(0, 0.1)
             elif isinstance(module, torch.nn.PReLU):
                 module.weight.uniform_(0.05, 0.4)
-        if bicubic_skip:  # the skip variant starts with a zero tail: give the residual path some weight
-            generator.tail.weight.uniform_(-0.05, 0.05)
-        else:
-            generator.tail.weight.mul_(20.0)
-            generator.tail.bias.fill_(0.5)
+        generator.tail.weight.mul_(20.0)
+        generator.tail.bias.fill_(0.5)
     return generator.eval()
 
 
@@ -52,21 +48,21 @@ def lr_faces() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, lr_faces) -> dict[str, tuple[Path, Generator]]:
-    """Two exports: plain generator through the command line (from a weights file), bicubic-skip variant
-    through :func:`export.generator.export`."""
+    """Two exports of different generators: one through the command line (from a weights file), one through
+    :func:`export.generator.export`."""
     pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript (the train extra)")
     root = tmp_path_factory.mktemp("export")
     faces = root / "faces.npy"
     np.save(faces, (lr_faces.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8))
 
-    plain = trained_like_generator(bicubic_skip=False, seed=1)
+    plain = trained_like_generator(seed=1)
     weights = root / "plain.pt"
     save_generator(weights, plain, {"method": "test"})
     exporter.main(["--weights", str(weights), "--out", str(root / "plain"), "--faces", str(faces)])
 
-    skip = trained_like_generator(bicubic_skip=True, seed=2)
-    exporter.export(skip, {"bicubic_skip": True}, root / "skip", "test", faces=faces)
-    return {"plain": (root / "plain", plain), "skip": (root / "skip", skip)}
+    other = trained_like_generator(seed=2)
+    exporter.export(other, {"method": "other"}, root / "api", "test", faces=faces)
+    return {"cli": (root / "plain", plain), "api": (root / "api", other)}
 
 
 def run(path: Path, lr: np.ndarray) -> np.ndarray:
@@ -74,23 +70,20 @@ def run(path: Path, lr: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: lr})[0]
 
 
-@pytest.mark.parametrize("variant", ["plain", "skip"])
+@pytest.mark.parametrize("variant", ["cli", "api"])
 def test_parity_with_torch_on_real_faces(exported, lr_faces, variant):
     folder, generator = exported[variant]
     with torch.no_grad():
         reference = generator(torch.from_numpy(lr_faces)).numpy()
         torch_half = exporter.fold_batch_norm(generator).half()(torch.from_numpy(lr_faces).half()).float().numpy()
     assert 0.2 < reference.std() and reference.max() - reference.min() > 1, "outputs should span an image range"
-    with torch.no_grad():
-        residual = reference - (resize(torch.from_numpy(lr_faces), 128).numpy() if generator.bicubic_skip else 0)
-    assert residual.std() > 0.05, "the network path should contribute"
     fp32_error = np.abs(run(folder / exporter.FP32_FILE, lr_faces) - reference).max()
     assert fp32_error <= 1e-4
     fp16_error = np.abs(run(folder / exporter.FP16_FILE, lr_faces) - reference).max()
     assert fp16_error <= max(2 * np.abs(torch_half - reference).max(), exporter.FP16_FLOOR)
 
 
-@pytest.mark.parametrize("variant", ["plain", "skip"])
+@pytest.mark.parametrize("variant", ["cli", "api"])
 def test_card_records_parity_and_files(exported, variant):
     folder, _ = exported[variant]
     card = json.loads((folder / exporter.CARD_FILE).read_text())
@@ -99,12 +92,11 @@ def test_card_records_parity_and_files(exported, variant):
     assert parity["fp16_max_abs_error"] <= parity["fp16_bound"]
     for precision, entry in card["files"].items():
         assert hashlib.sha256((folder / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
-    assert card["architecture"]["bicubic_skip"] == (variant == "skip")
     assert card["placeholder"] is False
 
 
 def test_card_names_the_source_weights(exported):
-    folder, _ = exported["plain"]
+    folder, _ = exported["cli"]
     card = json.loads((folder / exporter.CARD_FILE).read_text())
     assert card["export"]["source_weights_sha256"] and card["training"]["config"]["method"] == "test"
     assert card["export"]["command"].startswith("python -m export.generator --weights")
@@ -138,7 +130,7 @@ def check_dynamic_batch(path: Path, lr: np.ndarray) -> None:
     np.testing.assert_allclose(five[:1], one, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["plain", "skip"])
+@pytest.mark.parametrize("variant", ["cli", "api"])
 @pytest.mark.parametrize("file", [exporter.FP32_FILE, exporter.FP16_FILE])
 def test_exported_graph(exported, lr_faces, variant, file):
     folder, _ = exported[variant]
@@ -147,13 +139,13 @@ def test_exported_graph(exported, lr_faces, variant, file):
 
 
 def test_fp16_file_computes_in_half(exported):
-    model = onnx.load(exported["plain"][0] / exporter.FP16_FILE)
+    model = onnx.load(exported["cli"][0] / exporter.FP16_FILE)
     kinds = {init.data_type for init in model.graph.initializer}
     assert kinds == {onnx.TensorProto.FLOAT16}
 
 
 def test_slopes_of_each_layer_are_kept(exported):
-    model = onnx.load(exported["plain"][0] / exporter.FP32_FILE)
+    model = onnx.load(exported["cli"][0] / exporter.FP32_FILE)
     slopes = {node.input[1] for node in model.graph.node if node.op_type == "PRelu"}
     assert len(slopes) == 10  # head, six residual blocks, three upsampling blocks
 

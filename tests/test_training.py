@@ -65,7 +65,7 @@ def stage1_weights(cache, tmp_path_factory):
 
 def test_stage1_writes_weights_and_logs(stage1_weights):
     generator, config = load_generator(stage1_weights)
-    assert config["method"] == "stage1" and not config["bicubic_skip"]
+    assert config["method"] == "stage1" and config["step"] == 2
     log = [json.loads(line) for line in (stage1_weights.parent / "log.jsonl").read_text().splitlines()]
     steps = [record for record in log if "loss" in record]
     assert [record["step"] for record in steps] == [2]
@@ -89,14 +89,6 @@ def test_every_stage2_method_trains(config, stage1_weights, cache, tmp_path):
     before, _ = load_generator(stage1_weights)
     after, _ = load_generator(publish / "generator.pt")
     assert not torch.equal(before.tail.weight, after.tail.weight)
-
-
-def test_bicubic_skip_variant_trains_both_stages(cache, tmp_path):
-    run_main("stage1_skip.toml", tmp_path / "stage1", cache)
-    for config in ("iafsr_skip.toml", "srnet_skip.toml"):
-        run_main(config, tmp_path / config, cache, "--init", str(tmp_path / "stage1" / "generator.pt"))
-        generator, saved = load_generator(tmp_path / config / "generator.pt")
-        assert saved["bicubic_skip"] and generator.bicubic_skip
 
 
 def test_edge_shift_variant_trains_both_stages(cache, tmp_path):
@@ -136,11 +128,6 @@ def test_translation_moves_faces_and_marks_what_wrapped_as_no_photo():
         and not moved_masks[1, 0, :, :24].any()
     assert moved_masks[2, 0, :88, :104].all() and not moved_masks[2, 0, 88:].any() \
         and not moved_masks[2, 0, :, 104:].any()
-
-
-def test_stage2_refuses_weights_of_another_architecture(stage1_weights, cache, tmp_path):
-    with pytest.raises(ValueError, match="bicubic_skip"):
-        run_main("iafsr.toml", tmp_path, cache, "--init", str(stage1_weights), "--set", "bicubic_skip=true")
 
 
 def test_resume_is_exact(stage1_weights, cache, tmp_path, monkeypatch):
@@ -233,10 +220,3 @@ def test_generator_matches_the_paper_and_folds_batch_norm():
     folded = fold_batch_norm(generator)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert torch.allclose(folded(lr), generator(lr), atol=1e-5)
-
-
-def test_bicubic_skip_variant_starts_at_bicubic():
-    from training.resample import resize
-
-    lr = torch.rand(2, 3, 16, 16)
-    assert torch.allclose(Generator(bicubic_skip=True).eval()(lr), resize(lr, 128), atol=1e-6)

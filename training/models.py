@@ -12,7 +12,6 @@ from torch import nn
 
 from iafsr_sdk.faces import HR_SIZE
 from training.fused import pixel_shuffle_prelu
-from training.resample import resize
 
 CHANNELS = 64
 
@@ -50,32 +49,20 @@ class Upsample(nn.Module):
 
 
 class Generator(nn.Module):
-    """SRResNet-style face SR network: 9×9 head, 6 residual blocks, 3 ×2 upsampling blocks, 9×9 tail.
+    """SRResNet-style face SR network: 9×9 head, 6 residual blocks, 3 ×2 upsampling blocks, 9×9 tail."""
 
-    ``bicubic_skip=True`` is a variant outside the paper: the output adds the bicubic upsampling of the
-    input, so the network learns only the residual detail.
-    """
-
-    def __init__(self, residual_blocks: int = 6, upsample_blocks: int = 3, bicubic_skip: bool = False):
+    def __init__(self, residual_blocks: int = 6, upsample_blocks: int = 3):
         super().__init__()
-        self.bicubic_skip = bicubic_skip
         self.head = nn.Sequential(nn.Conv2d(3, CHANNELS, 9, padding=4), nn.PReLU(CHANNELS))
         self.blocks = nn.Sequential(*[ResidualBlock() for _ in range(residual_blocks)])
         self.fuse = nn.Sequential(nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1), nn.BatchNorm2d(CHANNELS))
         self.upsample = nn.Sequential(*[Upsample() for _ in range(upsample_blocks)])
         self.tail = nn.Conv2d(CHANNELS, 3, 9, padding=4)
         self.scale = 2**upsample_blocks
-        if bicubic_skip:
-            # start exactly at bicubic upsampling; the residual grows from there
-            nn.init.zeros_(self.tail.weight)
-            nn.init.zeros_(self.tail.bias)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         head = self.head(lr)
-        sr = self.tail(self.upsample(head + self.fuse(self.blocks(head))))
-        if self.bicubic_skip:
-            sr = sr + resize(lr, lr.shape[-1] * self.scale)
-        return sr
+        return self.tail(self.upsample(head + self.fuse(self.blocks(head))))
 
 
 def _disc_block(in_channels: int, out_channels: int, stride: int, norm: bool = True) -> list[nn.Module]:
@@ -141,9 +128,8 @@ def fold_batch_norm(generator: Generator) -> nn.Module:
 
 
 def save_generator(path, generator: Generator, config: dict) -> None:
-    """Write the generator's weights with the config that built it (``bicubic_skip``, method, ...)."""
-    torch.save({"generator": generator.state_dict(), "config": dict(config, bicubic_skip=generator.bicubic_skip)},
-               path)
+    """Write the generator's weights with the config of the run that trained it (method, step, ...)."""
+    torch.save({"generator": generator.state_dict(), "config": dict(config)}, path)
 
 
 def sha256_of(path) -> str:
@@ -154,6 +140,6 @@ def sha256_of(path) -> str:
 def load_generator(path) -> tuple[Generator, dict]:
     """Read a file written by :func:`save_generator`: the generator in eval mode and its config."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    generator = Generator(bicubic_skip=bool(saved["config"].get("bicubic_skip", False)))
+    generator = Generator()
     generator.load_state_dict(saved["generator"])
     return generator.eval(), saved["config"]

@@ -36,8 +36,6 @@ METHODS = (
     ("SR+Ou", "sr_ou"),
     ("SR+Angle", "sr_angle"),
     ("IAFSR", "iafsr"),
-    ("SR-net, bicubic skip", "srnet_skip"),
-    ("IAFSR, bicubic skip", "iafsr_skip"),
     ("SR-net, edge shift", "srnet_shift"),
     ("IAFSR, edge shift", "iafsr_shift"),
 )

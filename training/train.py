@@ -44,7 +44,6 @@ log = logging.getLogger("training.train")
 class Config:
     name: str
     stage: int = 1
-    bicubic_skip: bool = False
     edge_shift: bool = False  # translate training faces so that real content reaches the image edges
     epochs: float = 1.0
     steps: int = 0  # when > 0, overrides epochs
@@ -194,16 +193,12 @@ class Trainer:
         if config.batch_size % self.dist.world:
             raise ValueError(f"batch size {config.batch_size} is not divisible by {self.dist.world} processes")
 
-        self.generator = Generator(bicubic_skip=config.bicubic_skip)
+        self.generator = Generator()
         if init is not None:
-            initial, init_config = load_generator(init)
-            if init_config.get("bicubic_skip", False) != config.bicubic_skip:
-                raise ValueError(f"{init} was trained with bicubic_skip={init_config.get('bicubic_skip')}, "
-                                 f"this config has {config.bicubic_skip}")
-            self.generator.load_state_dict(initial.state_dict())
+            self.generator.load_state_dict(load_generator(init)[0].state_dict())
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.generator.to(device, memory_format=self.memory_format)
-        self.ema = Generator(bicubic_skip=config.bicubic_skip).to(device, memory_format=self.memory_format)
+        self.ema = Generator().to(device, memory_format=self.memory_format)
         self.ema.load_state_dict(self.generator.state_dict())
         self.ema.requires_grad_(False).eval()
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=(0.9, 0.999))
