@@ -20,3 +20,6 @@ train srgan srgan stage1
 train stage1_shift stage1_shift
 train iafsr_shift iafsr_shift stage1_shift
 train srnet_shift srnet_shift stage1_shift
+train sr_angle_shift sr_angle_shift stage1_shift
+train sr_ou_shift sr_ou_shift stage1_shift
+train srgan_shift srgan_shift stage1_shift

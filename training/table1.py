@@ -37,6 +37,9 @@ METHODS = (
     ("SR+Angle", "sr_angle"),
     ("IAFSR", "iafsr"),
     ("SR-net, edge shift", "srnet_shift"),
+    ("SRGAN, edge shift", "srgan_shift"),
+    ("SR+Ou, edge shift", "sr_ou_shift"),
+    ("SR+Angle, edge shift", "sr_angle_shift"),
     ("IAFSR, edge shift", "iafsr_shift"),
 )
 GRID_FACES = 6
