@@ -130,7 +130,7 @@ def batch_rows(config: Config, train_rows: np.ndarray, step: int) -> tuple[np.nd
 
 
 # Translations (rows up, columns left) of the edge-shift variant, whole LR pixels so that the LR of a shifted
-# face is the shifted LR. The aligned UTKFace crops hold no photo in rows 0-20 and little in the outer ~12
+# face is the shifted LR. The aligned UTKFace crops hold no photo in rows 0-19 and little in the outer ~12
 # columns (masked out of the losses), so without them the generator's output at the image edges is never
 # supervised, while LFW and CelebA faces have content there.
 EDGE_SHIFTS_Y = (0, 24, 40)
