@@ -4,7 +4,8 @@
     python -m export.generator --random-init --seed 0 --out iafsr_sdk/models/     # placeholder weights
 
 The graph holds standard operators only: BatchNorm is folded into the convolutions, PixelShuffle is
-``DepthToSpace`` (mode CRD) and PReLU slopes are shaped (C, 1, 1). The batch dimension is dynamic; height and width are fixed at 16 in, 128 out.
+``DepthToSpace`` (mode CRD) and PReLU slopes are shaped (C, 1, 1). The batch dimension is dynamic; height
+and width are fixed at 16 in, 128 out.
 
 Both files take and return float32 NCHW RGB in [0, 1] (output not clipped). The fp16 file stores weights and
 computes in float16 between a Cast after the input and a Cast before the output, so callers feed the same

@@ -58,7 +58,6 @@ class Generator(nn.Module):
         self.fuse = nn.Sequential(nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1), nn.BatchNorm2d(CHANNELS))
         self.upsample = nn.Sequential(*[Upsample() for _ in range(upsample_blocks)])
         self.tail = nn.Conv2d(CHANNELS, 3, 9, padding=4)
-        self.scale = 2**upsample_blocks
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         head = self.head(lr)
