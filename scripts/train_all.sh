@@ -23,3 +23,8 @@ train srnet_shift srnet_shift stage1_shift
 train sr_angle_shift sr_angle_shift stage1_shift
 train sr_ou_shift sr_ou_shift stage1_shift
 train srgan_shift srgan_shift stage1_shift
+if [[ $recipe == cpu ]]; then  # a longer stage 1 for the edge-shift variant: 3 more epochs from stage1_shift
+  train stage1_shift_long stage1_shift_long stage1_shift
+  train iafsr_shift_long iafsr_shift_long stage1_shift_long
+  train srnet_shift_long srnet_shift_long stage1_shift_long
+fi

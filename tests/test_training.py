@@ -1,4 +1,5 @@
 """The trainer on a tiny cache: every method runs, resumes exactly, and stays in sync across processes."""
+import dataclasses
 import json
 import os
 import socket
@@ -100,6 +101,36 @@ def test_edge_shift_variant_trains_both_stages(cache, tmp_path):
         assert np.isfinite(last["loss"]) and last["cos_loss"] > 0
         _, saved = load_generator(tmp_path / config / "generator.pt")
         assert saved["method"] == config.removesuffix(".toml")
+
+
+def test_long_stage1_variant_changes_only_the_stage1_length():
+    def fields(config: str) -> dict:
+        values = dataclasses.asdict(train.read_config(CONFIGS / config, "cpu", {}))
+        values.pop("name")
+        return values
+
+    short, long = fields("stage1_shift.toml"), fields("stage1_shift_long.toml")
+    assert long.pop("epochs") == short.pop("epochs") / 2  # 3 on top of stage1_shift's 6: 9 in all
+    long.pop("snapshot_every"), short.pop("snapshot_every")
+    assert long == short
+    for method in ("iafsr_shift", "srnet_shift"):
+        assert fields(f"{method}_long.toml") == fields(f"{method}.toml")
+    assert train.read_config(CONFIGS / "iafsr_shift_long.toml", "cpu", {}).name == "iafsr_shift_long"
+
+
+def test_long_stage1_continues_from_stage1_weights(stage1_weights, cache, tmp_path):
+    log = run_main("stage1_shift_long.toml", tmp_path, cache, "--init", str(stage1_weights))
+    assert log[0]["step"] == 0 and log[-1]["step"] == 2
+    before, _ = load_generator(stage1_weights)
+    after, saved = load_generator(tmp_path / "generator.pt")
+    assert saved["method"] == "stage1_shift_long" and not torch.equal(before.tail.weight, after.tail.weight)
+
+
+def test_bf16_falls_back_to_float32_without_native_support(cache, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(train, "native_bf16", lambda device: False)
+    log = run_main("stage1.toml", tmp_path, cache, "--set", "bf16=true")
+    assert np.isfinite([record["loss"] for record in log if "loss" in record]).all()
+    assert "no native bfloat16 support: training in float32" in caplog.text
 
 
 def test_edge_shifts_are_reproducible_and_only_in_the_variant():

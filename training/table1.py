@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -41,6 +42,8 @@ METHODS = (
     ("SR+Ou, edge shift", "sr_ou_shift"),
     ("SR+Angle, edge shift", "sr_angle_shift"),
     ("IAFSR, edge shift", "iafsr_shift"),
+    ("SR-net, edge shift, long stage 1", "srnet_shift_long"),
+    ("IAFSR, edge shift, long stage 1", "iafsr_shift_long"),
 )
 GRID_FACES = 6
 
@@ -125,24 +128,40 @@ def picture_grid(sr_functions: dict, cache: Path, path: Path) -> None:
     canvas.save(path)
 
 
-def learning_curve(runs: Path, names: list[str], recognizers: dict, cache: Path, data: Path,
+def learning_curve(runs: Path, weights: Path, names: list[str], recognizers: dict, cache: Path, data: Path,
                    out: Path) -> list[dict]:
-    """LFW LR-HR verification (SFace) of every snapshot of the runs ``names``."""
+    """LFW LR-HR verification (SFace) of every snapshot of the runs ``names``. A run whose snapshots are no
+    longer in ``runs/`` (an ignored folder) keeps the points already scored in ``<out>/eval/curve_*.json``."""
     points = []
     for key in names:
-        folder = runs / key
-        snapshots = sorted((folder / "snapshots").glob("step_*.pt")) if folder.is_dir() else []
-        for snapshot in snapshots:
-            config = torch.load(snapshot, map_location="cpu", weights_only=True)["config"]
-            result = evaluate_cached(f"{key}@{config['step']}", f"curve_{key}_{config['step']:06d}", sha256_of(snapshot),
-                                     generator_sr(snapshot), recognizers, cache, data, out, protocols=("lfw",))
-            lfw = result["lfw"]["sface"]
-            points.append({"run": key, "step": config["step"], "samples": config["samples"],
-                           "lfw_accuracy": lfw["accuracy"], "vr@far=0.001": lfw["vr@far=0.001"]["vr"]})
+        snapshots = sorted((runs / key / "snapshots").glob("step_*.pt"))
+        if snapshots:
+            for snapshot in snapshots:
+                config = torch.load(snapshot, map_location="cpu", weights_only=True)["config"]
+                result = evaluate_cached(f"{key}@{config['step']}", f"curve_{key}_{config['step']:06d}",
+                                         sha256_of(snapshot), generator_sr(snapshot), recognizers, cache, data, out,
+                                         protocols=("lfw",))
+                points.append(curve_point(key, config["step"], config["samples"], result))
+            continue
+        scored = sorted(path for path in (out / "eval").glob(f"curve_{key}_*.json")
+                        if re.fullmatch(rf"curve_{re.escape(key)}_\d{{6}}", path.stem))
+        if not scored:
+            log.warning("%s: no snapshots in %s and no scored points in %s", key, runs / key, out / "eval")
+            continue
+        batch_size = json.loads((weights / key / "run.json").read_text())["config"]["batch_size"]
+        for path in scored:
+            step = int(path.stem.rsplit("_", 1)[1])
+            points.append(curve_point(key, step, step * batch_size, json.loads(path.read_text())))
     return points
 
 
-def write_learning_curve(points: list[dict], runs: Path, out: Path) -> None:
+def curve_point(run: str, step: int, samples: int, result: dict) -> dict:
+    lfw = result["lfw"]["sface"]
+    return {"run": run, "step": step, "samples": samples, "lfw_accuracy": lfw["accuracy"],
+            "vr@far=0.001": lfw["vr@far=0.001"]["vr"]}
+
+
+def write_learning_curve(points: list[dict], runs: Path, weights: Path, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,6 +172,8 @@ def write_learning_curve(points: list[dict], runs: Path, out: Path) -> None:
         mine = [point for point in points if point["run"] == run]
         axes[0].plot([p["samples"] for p in mine], [100 * p["lfw_accuracy"] for p in mine], "o-", label=run)
         log_path = runs / run / "log.jsonl"
+        if not log_path.exists():
+            log_path = weights / run / "log.jsonl"  # the published copy of the finished run's log
         if log_path.exists():
             records = [json.loads(line) for line in log_path.read_text().splitlines()]
             validation = [record for record in records if "val_cos" in record]
@@ -253,8 +274,9 @@ def main(argv: list[str] | None = None) -> None:
     log.info("wrote %s", args.out / "table1.md")
     if args.learning_curve is not None:
         names = args.learning_curve or ["stage1", "iafsr"]
-        points = learning_curve(args.runs, names, {"sface": recognizers["sface"]}, args.cache, args.data, args.out)
-        write_learning_curve(points, args.runs, args.out)
+        points = learning_curve(args.runs, args.weights, names, {"sface": recognizers["sface"]}, args.cache,
+                                args.data, args.out)
+        write_learning_curve(points, args.runs, args.weights, args.out)
 
 
 if __name__ == "__main__":
