@@ -111,7 +111,8 @@ def test_long_stage1_variant_changes_only_the_stage1_length():
 
     short, long = fields("stage1_shift.toml"), fields("stage1_shift_long.toml")
     assert long.pop("epochs") == short.pop("epochs") / 2  # 3 on top of stage1_shift's 6: 9 in all
-    long.pop("snapshot_every"), short.pop("snapshot_every")
+    for schedule in ("snapshot_every", "lr", "warmup_steps"):  # a continuation: a lower peak, a shorter warm-up
+        assert long.pop(schedule) < short.pop(schedule)
     assert long == short
     for method in ("iafsr_shift", "srnet_shift"):
         assert fields(f"{method}_long.toml") == fields(f"{method}.toml")
