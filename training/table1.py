@@ -143,14 +143,16 @@ def learning_curve(runs: Path, weights: Path, names: list[str], recognizers: dic
                                          protocols=("lfw",))
                 points.append(curve_point(key, config["step"], config["samples"], result))
             continue
-        scored = sorted(path for path in (out / "eval").glob(f"curve_{key}_*.json")
-                        if re.fullmatch(rf"curve_{re.escape(key)}_\d{{6}}", path.stem))
+        scored = {}  # step -> path of its scored point
+        for path in (out / "eval").glob(f"curve_{key}_*.json"):
+            match = re.fullmatch(rf"curve_{re.escape(key)}_(\d{{6}})", path.stem)
+            if match:
+                scored[int(match[1])] = path
         if not scored:
             log.warning("%s: no snapshots in %s and no scored points in %s", key, runs / key, out / "eval")
             continue
         batch_size = json.loads((weights / key / "run.json").read_text())["config"]["batch_size"]
-        for path in scored:
-            step = int(path.stem.rsplit("_", 1)[1])
+        for step, path in sorted(scored.items()):
             points.append(curve_point(key, step, step * batch_size, json.loads(path.read_text())))
     return points
 
