@@ -86,7 +86,9 @@ def test_every_stage2_method_trains(config, stage1_weights, cache, tmp_path):
     if config == "sr_ou.toml":
         assert "euclid" in last
     assert {p.name for p in publish.iterdir()} == {"generator.pt", "config.toml", "log.jsonl", "run.json"}
-    assert json.loads((publish / "run.json").read_text())["best"]["step"] > 0  # a trained step, not the init
+    run = json.loads((publish / "run.json").read_text())
+    assert run["best"]["step"] > 0  # a trained step, not the init
+    assert run["device"] == "cpu" and run["precision"] == "float32"  # TINY turns bf16 off
     before, _ = load_generator(stage1_weights)
     after, _ = load_generator(publish / "generator.pt")
     assert not torch.equal(before.tail.weight, after.tail.weight)

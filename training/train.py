@@ -584,6 +584,7 @@ def main(argv: list[str] | None = None) -> None:
             shutil.copy(args.out / "log.jsonl", args.publish / "log.jsonl")
             (args.publish / "run.json").write_text(json.dumps(
                 {"config": dataclasses.asdict(config), "recipe": args.recipe, "init": str(args.init),
+                 "device": str(device), "precision": "bfloat16" if trainer.bf16 else "float32",
                  "best": trainer.best, "total_steps": trainer.total_steps}, indent=2) + "\n")
             log.info("published %s", args.publish)
     finally:
