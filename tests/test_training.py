@@ -105,7 +105,7 @@ def test_edge_shift_variant_trains_both_stages(cache, tmp_path):
         assert saved["method"] == config.removesuffix(".toml")
 
 
-def test_long_stage1_variant_changes_only_the_stage1_length():
+def test_long_stage1_variant_changes_only_the_stage1_schedule():
     def fields(config: str) -> dict:
         values = dataclasses.asdict(train.read_config(CONFIGS / config, "cpu", {}))
         values.pop("name")

@@ -194,8 +194,8 @@ def write_learning_curve(points: list[dict], runs: Path, weights: Path, out: Pat
              "LFW LR-HR verification (16×16, SFace, 10-fold accuracy) of the EMA weights saved during each run "
              "(`python -m training.table1 --learning-curve`). Samples count from each run's own start; a run "
              "that starts from other weights (every stage 2, and a continued stage 1) starts from the last "
-             "point of the run those weights come from. Checkpoints were selected on the validation split of the training pool, never on these "
-             "figures.", "",
+             "point of the run those weights come from. Checkpoints were selected on the validation split of "
+             "the training pool, never on these figures.", "",
              "| run | step | samples | LFW ACC (%) | VR@0.1 % (%) |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {p['run']} | {p['step']} | {p['samples']} | {100 * p['lfw_accuracy']:.2f} | "
               f"{100 * p['vr@far=0.001']:.2f} |" for p in points]
