@@ -6,7 +6,7 @@
 set -euo pipefail
 recipe=${1:-cpu}
 cd "$(dirname "$0")/.."
-train() {  # name config [init]
+train() {  # name (the run: runs/NAME, weights/NAME) config [init]
   local name=$1 config=$2 init=${3:-}
   python -m training.train --config "training/configs/$config.toml" --recipe "$recipe" \
     --out "runs/$name" --publish "weights/$name" ${init:+--init "weights/$init/generator.pt"}
@@ -25,6 +25,6 @@ train sr_ou_shift sr_ou_shift stage1_shift
 train srgan_shift srgan_shift stage1_shift
 if [[ $recipe == cpu ]]; then  # a longer stage 1 for the edge-shift variant: 3 more epochs from stage1_shift
   train stage1_shift_long stage1_shift_long stage1_shift
-  train iafsr_shift_long iafsr_shift_long stage1_shift_long
-  train srnet_shift_long srnet_shift_long stage1_shift_long
+  train iafsr_shift_long iafsr_shift stage1_shift_long
+  train srnet_shift_long srnet_shift stage1_shift_long
 fi

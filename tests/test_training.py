@@ -66,7 +66,7 @@ def stage1_weights(cache, tmp_path_factory):
 
 def test_stage1_writes_weights_and_logs(stage1_weights):
     generator, config = load_generator(stage1_weights)
-    assert config["method"] == "stage1" and config["step"] == 2
+    assert config["method"] == stage1_weights.parent.name and config["step"] == 2
     log = [json.loads(line) for line in (stage1_weights.parent / "log.jsonl").read_text().splitlines()]
     steps = [record for record in log if "loss" in record]
     assert [record["step"] for record in steps] == [2]
@@ -102,23 +102,48 @@ def test_edge_shift_variant_trains_both_stages(cache, tmp_path):
         last = [record for record in log if "loss" in record][-1]
         assert np.isfinite(last["loss"]) and last["cos_loss"] > 0
         _, saved = load_generator(tmp_path / config / "generator.pt")
-        assert saved["method"] == config.removesuffix(".toml")
+        assert saved["method"] == config  # the run folder's name
 
 
-def test_long_stage1_variant_changes_only_the_stage1_schedule():
+def test_long_stage1_config_changes_only_the_stage1_schedule():
     def fields(config: str) -> dict:
-        values = dataclasses.asdict(train.read_config(CONFIGS / config, "cpu", {}))
-        values.pop("name")
-        return values
+        return dataclasses.asdict(train.read_config(CONFIGS / config, "cpu", {}, "run"))
 
     short, long = fields("stage1_shift.toml"), fields("stage1_shift_long.toml")
     assert long.pop("epochs") == short.pop("epochs") / 2  # 3 on top of stage1_shift's 6: 9 in all
     for schedule in ("snapshot_every", "lr", "warmup_steps"):  # a continuation: a lower peak, a shorter warm-up
         assert long.pop(schedule) < short.pop(schedule)
     assert long == short
-    for method in ("iafsr_shift", "srnet_shift"):
-        assert fields(f"{method}_long.toml") == fields(f"{method}.toml")
-    assert train.read_config(CONFIGS / "iafsr_shift_long.toml", "cpu", {}).name == "iafsr_shift_long"
+
+
+def test_run_is_named_by_its_folder_and_publishes_its_effective_config(stage1_weights, cache, tmp_path):
+    publish = tmp_path / "published"
+    run_main("iafsr.toml", tmp_path / "beta_1000", cache, "--init", str(stage1_weights), "--publish", str(publish),
+             "--set", "cos_weight=1000", "--set", "magnitude_weight=0.1")
+    _, saved = load_generator(publish / "generator.pt")
+    assert saved["method"] == "beta_1000"
+    effective = train.read_config(publish / "config.toml", "cpu", {}, "again")
+    expected = train.read_config(CONFIGS / "iafsr.toml", "cpu", {"cos_weight": 1000, "magnitude_weight": 0.1,
+                                                                  "batch_size": 4, "steps": 2, "validate_every": 100,
+                                                                  "bf16": False}, "again")
+    assert effective == expected and effective.cos_weight == 1000
+    assert "--set" in (publish / "config.toml").read_text().splitlines()[0]
+
+
+def test_config_may_not_name_the_run(tmp_path):
+    config = tmp_path / "named.toml"
+    config.write_text('name = "x"\nstage = 1\n')
+    with pytest.raises(ValueError, match="--out"):
+        train.read_config(config, "cpu", {}, "run")
+
+
+def test_until_pauses_and_the_same_command_goes_on(stage1_weights, cache, tmp_path):
+    args = ["--init", str(stage1_weights), "--set", "steps=4", "--publish", str(tmp_path / "published")]
+    run_main("iafsr.toml", tmp_path / "run", cache, *args, "--until", "2")
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert not (tmp_path / "published").exists()  # published only once the run is complete
+    log = run_main("iafsr.toml", tmp_path / "run", cache, *args)
+    assert log[-1]["step"] == 4 and (tmp_path / "published" / "generator.pt").exists()
 
 
 def test_long_stage1_continues_from_stage1_weights(stage1_weights, cache, tmp_path):
@@ -126,7 +151,7 @@ def test_long_stage1_continues_from_stage1_weights(stage1_weights, cache, tmp_pa
     assert log[0]["step"] == 0 and log[-1]["step"] == 2
     before, _ = load_generator(stage1_weights)
     after, saved = load_generator(tmp_path / "generator.pt")
-    assert saved["method"] == "stage1_shift_long" and not torch.equal(before.tail.weight, after.tail.weight)
+    assert saved["method"] == tmp_path.name and not torch.equal(before.tail.weight, after.tail.weight)
 
 
 def test_bf16_falls_back_to_float32_without_native_support(cache, tmp_path, monkeypatch, caplog):
@@ -137,8 +162,8 @@ def test_bf16_falls_back_to_float32_without_native_support(cache, tmp_path, monk
 
 
 def test_edge_shifts_are_reproducible_and_only_in_the_variant():
-    plain = train.read_config(CONFIGS / "iafsr.toml", "cpu", {})
-    shifted = train.read_config(CONFIGS / "iafsr_shift.toml", "cpu", {})
+    plain = train.read_config(CONFIGS / "iafsr.toml", "cpu", {}, "iafsr")
+    shifted = train.read_config(CONFIGS / "iafsr_shift.toml", "cpu", {}, "iafsr_shift")
     assert not train.batch_shifts(plain, 7, 32).any()
     shifts = train.batch_shifts(shifted, 7, 32)
     np.testing.assert_array_equal(shifts, train.batch_shifts(shifted, 7, 32))
@@ -208,7 +233,7 @@ def test_two_processes_stay_in_sync(stage1_weights, cache, tmp_path):
 
 
 def test_batches_are_a_function_of_seed_and_step():
-    config = train.Config(name="t", batch_size=4, seed=3)
+    config = train.Config("t", batch_size=4, seed=3)
     rows = np.arange(10, 30)
     first, flips = train.batch_rows(config, rows, 7)
     again, flips_again = train.batch_rows(config, rows, 7)
@@ -219,11 +244,11 @@ def test_batches_are_a_function_of_seed_and_step():
 
 
 def test_learning_rate_schedule():
-    config = train.Config(name="t", warmup_steps=10)
+    config = train.Config("t", warmup_steps=10)
     assert train.lr_factor(config, 0, 100) == pytest.approx(0.1)
     assert train.lr_factor(config, 10, 100) == pytest.approx(1.0)
     assert train.lr_factor(config, 100, 100) == pytest.approx(0.0)
-    assert train.lr_factor(train.Config(name="t", lr_schedule="constant"), 50, 100) == 1.0
+    assert train.lr_factor(train.Config("t", lr_schedule="constant"), 50, 100) == 1.0
 
 
 def test_pixel_loss_is_a_per_image_sum_over_valid_pixels():

@@ -8,7 +8,9 @@ ACC / VR@1 % / VR@0.1 % and CelebA rank-1 for SFace, the training F, and dlib, t
 ``results/fig5_gaps.png`` (mean angle and magnitude gap between F(HR) and F(SR) per method, over the LFW
 faces degraded in the verification protocol), ``results/grid.png`` (LR, Bicubic, each method, HR for a few LFW faces) and,
 with ``--learning-curve``, ``results/learning_curve.md`` / ``.png``. Each method's evaluation is kept in
-``results/eval/<method>.json`` with the sha256 of its weights, and reused while the weights are unchanged.
+``results/eval/<method>.json`` with the sha256 of its weights, and reused while the weights are unchanged. Rows
+whose weights left the working tree (archived in ``results/weights.json``) keep their cached scores; to score
+one again, bring its weights back with ``python -m training.weights restore NAME``.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from iafsr_sdk.faces import HR_SIZE, degrade
 from training import evaluation as ev
 from training.models import load_generator, sha256_of
 from training.prepare import DEFAULT_DATA, DEFAULT_OUT
+from training.weights import read_archive, restore_command
 
 log = logging.getLogger("training.table1")
 
@@ -202,13 +205,28 @@ def write_learning_curve(points: list[dict], runs: Path, weights: Path, out: Pat
     (out / "learning_curve.md").write_text("\n".join(lines) + "\n")
 
 
+def cached_row(title: str, key: str, entry: dict, out: Path) -> dict | None:
+    """The cached scores of a row whose weights are archived, if they were computed from those weights."""
+    path = out / "eval" / f"{key}.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("fingerprint") == entry["sha256"]:
+            log.info("%s: weights archived, reusing %s (to score again: %s)", title, path, restore_command(key))
+            return saved
+    log.warning("%s: weights archived and no cached scores of them: %s, then run again", title, restore_command(key))
+    return None
+
+
 def write_table(rows: list[dict], gaps: dict, methods: list[tuple[str, str]], weights: Path, out: Path,
                 seconds: float) -> None:
     provenance = []
+    archived = read_archive()
     for title, key in methods:
         run = json.loads((weights / key / "run.json").read_text()) if (weights / key / "run.json").exists() else {}
         best = run.get("best", {})
-        provenance.append(f"| {title} | `weights/{key}/generator.pt` | {run.get('recipe', '?')} | "
+        where = (f"`weights/{key}/generator.pt`" if (weights / key / "generator.pt").exists()
+                 else f"archived at {archived[key]['commit'][:12]} (`{restore_command(key)}`)")
+        provenance.append(f"| {title} | {where} | {run.get('recipe', '?')} | "
                           f"{run.get('total_steps', '?')} | {best.get('step', '?')} | {best.get('val_cos', float('nan')):.4f} |")
     lines = [
         "# Table I for our setting",
@@ -259,17 +277,23 @@ def main(argv: list[str] | None = None) -> None:
     recognizers = ev.load_recognizers()
     common = dict(recognizers=recognizers, cache=args.cache, data=args.data, out=args.out)
 
-    methods = [(title, key) for title, key in METHODS if (args.weights / key / "generator.pt").exists()]
-    missing = [key for _, key in METHODS if not (args.weights / key / "generator.pt").exists()]
-    if missing:
-        log.warning("no weights yet for %s: their rows are left out", ", ".join(missing))
     rows = [evaluate_cached("HR-HR", "hr_hr", "hr", None, **common),
             evaluate_cached("Bicubic", "bicubic", "bicubic", ev.bicubic_sr, **common)]
     sr_functions = {"Bicubic": ev.bicubic_sr}
-    for title, key in methods:
+    archived, methods, missing = read_archive(), [], []
+    for title, key in METHODS:
         path = args.weights / key / "generator.pt"
-        sr_functions[title] = generator_sr(path)
-        rows.append(evaluate_cached(title, key, sha256_of(path), sr_functions[title], **common))
+        if path.exists():
+            sr_functions[title] = generator_sr(path)
+            rows.append(evaluate_cached(title, key, sha256_of(path), sr_functions[title], **common))
+        elif key in archived and (row := cached_row(title, key, archived[key], args.out)) is not None:
+            rows.append(row)
+        else:
+            missing.append(key)
+            continue
+        methods.append((title, key))
+    if missing:
+        log.warning("no weights yet for %s: their rows are left out", ", ".join(missing))
     gaps = {row["name"]: {name: row["lfw"][name]["gaps"] for name in row["recognizers"]} for row in rows[1:]}
     plot_gaps(gaps, args.out / "fig5_gaps.png")
     picture_grid(sr_functions, args.cache, args.out / "grid.png")

@@ -6,10 +6,12 @@
     torchrun --nproc_per_node=8 -m training.train --config ... --recipe paper     # several processes / GPUs
 
 A config (TOML) holds the loss weights and the schedule; its ``[cpu]`` and ``[paper]`` tables override
-the schedule for the 2-core CPU recipe and for the paper's recipe (``--recipe``). Stage 1 trains with the
+the schedule for the 2-core CPU recipe and for the paper's recipe (``--recipe``), and ``--set KEY=VALUE``
+overrides any value, so a sweep needs no copied config files. The run is named after its ``--out`` folder:
+that name is the generator's ``method``, and the published ``config.toml`` is the effective config. Stage 1 trains with the
 pixel loss only; stage 2 starts from stage-1 weights with the method's loss. Work is checkpointed in
-``--out`` every ``checkpoint_every`` steps and on SIGTERM/SIGINT; running the same command again resumes
-exactly where it stopped. The selected generator (EMA weights of a trained step, never the starting point:
+``--out`` every ``checkpoint_every`` steps, on SIGTERM/SIGINT and at ``--until STEP`` (a run trained in
+several sittings); running the same command again resumes exactly where it stopped. The selected generator (EMA weights of a trained step, never the starting point:
 best validation mean cosine between F(SR) and F(HR)) is written to ``<out>/generator.pt`` and, with
 ``--publish DIR``, copied there with the config and the log.
 """
@@ -42,7 +44,7 @@ log = logging.getLogger("training.train")
 
 @dataclasses.dataclass
 class Config:
-    name: str
+    name: str  # the run's name: its --out folder
     stage: int = 1
     edge_shift: bool = False  # translate training faces so that real content reaches the image edges
     epochs: float = 1.0
@@ -72,12 +74,24 @@ class Config:
         return bool(self.cos_weight or self.magnitude_weight or self.euclid_weight)
 
 
-def read_config(path: Path, recipe: str, overrides: dict) -> Config:
+def read_config(path: Path, recipe: str, overrides: dict, name: str) -> Config:
     raw = tomllib.loads(Path(path).read_text())
     recipes = {key: raw.pop(key) for key in ("cpu", "paper") if key in raw}
     raw.update(recipes.get(recipe, {}))
     raw.update(overrides)
-    return Config(**raw)
+    if "name" in raw:
+        raise ValueError(f"{path}: a run is named by its --out folder, not by a 'name' key")
+    return Config(name=name, **raw)
+
+
+def config_toml(config: Config, source: Path, recipe: str, overrides: list[str]) -> str:
+    """The effective config as TOML: what the run trained with, whatever file and --set it came from."""
+    lines = [f"# Effective config of run {config.name}: {source} with recipe {recipe}"
+             + (f" and --set {' '.join(overrides)}" if overrides else "") + "."]
+    for key, value in dataclasses.asdict(config).items():
+        if key != "name":
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
 
 
 def parse_value(text: str):
@@ -326,17 +340,34 @@ class Trainer:
             else None
         return hr.to(self.device, memory_format=self.memory_format), mask.to(self.device), hr_features, shifts
 
-    def train_step(self, step: int) -> dict[str, float]:
-        config = self.config
-        factor = lr_factor(config, step, self.total_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = config.lr * factor
+    def generator_forward(self, step: int) -> dict:
+        """The batch of global step ``step`` and the generator's output on it."""
         hr, mask, f_hr, shifts = self.batch(step)
         # The generator sees the faces translated (by nothing unless edge_shift is on); F sees them aligned.
         shifted_hr, shifted_mask = translate(hr, shifts), translate_mask(mask, shifts)
         lr_faces = degrade(shifted_hr).contiguous(memory_format=self.memory_format)
         with self.autocast():
             shifted_sr = self.train_generator(lr_faces).float()
+        return {"hr": hr, "mask": mask, "f_hr": f_hr, "shifts": shifts, "shifted_hr": shifted_hr,
+                "shifted_mask": shifted_mask, "shifted_sr": shifted_sr}
+
+    def identity_forward(self, batch: dict, grad: bool) -> torch.Tensor:
+        """F(SR) of a batch from :meth:`generator_forward`. F sees the SR face with the photo's padding (and
+        what wrapped around) taken from HR, so only real pixels carry identity."""
+        shifts = batch["shifts"]
+        sr = translate(batch["shifted_sr"], shifts, inverse=True)
+        sr_mask = translate(batch["shifted_mask"], shifts, inverse=True)
+        composite = sr * sr_mask + batch["hr"] * (1 - sr_mask)
+        with torch.set_grad_enabled(grad):
+            return self.recognizer(composite)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        config = self.config
+        factor = lr_factor(config, step, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.lr * factor
+        batch = self.generator_forward(step)
+        shifted_hr, shifted_sr, f_hr = batch["shifted_hr"], batch["shifted_sr"], batch["f_hr"]
         metrics: dict[str, float] = {}
 
         if self.discriminator is not None:
@@ -352,16 +383,11 @@ class Trainer:
             self.disc_optimizer.step()
             metrics["d_loss"] = d_loss.item()
 
-        pixel = losses.pixel_loss(shifted_sr, shifted_hr, shifted_mask)
+        pixel = losses.pixel_loss(shifted_sr, shifted_hr, batch["shifted_mask"])
         total = config.pixel_weight * pixel
         metrics["pixel"] = pixel.item()
         if config.uses_identity or f_hr is not None and self.dist.main and self.logs_after(step + 1):
-            # F sees the SR face with the photo's padding (and what wrapped around) taken from HR, so only real
-            # pixels carry identity.
-            sr, sr_mask = translate(shifted_sr, shifts, inverse=True), translate(shifted_mask, shifts, inverse=True)
-            composite = sr * sr_mask + hr * (1 - sr_mask)
-            with torch.set_grad_enabled(config.uses_identity):
-                f_sr = self.recognizer(composite)
+            f_sr = self.identity_forward(batch, grad=config.uses_identity)
             cos_term, magnitude_term = losses.identity_terms(f_sr, f_hr)
             metrics.update(cos_loss=cos_term.mean().item(), magnitude_loss=magnitude_term.mean().item(),
                            norm_sr=f_sr.norm(dim=1).mean().item(), norm_hr=f_hr.norm(dim=1).mean().item(),
@@ -441,7 +467,9 @@ class Trainer:
                 "samples": self.step * self.config.batch_size, "train_faces": int(len(self.train_rows))}
 
     # ---- the loop ----------------------------------------------------------------------------------
-    def run(self) -> None:
+    def run(self, until: int | None = None) -> None:
+        """Train to the end, or only up to step ``until`` (then checkpoint and return)."""
+        last_step = self.total_steps if until is None else min(until, self.total_steps)
         self.out.mkdir(parents=True, exist_ok=True)
         self.resume()
         self.generator.train()
@@ -458,7 +486,7 @@ class Trainer:
                         disable=not self.dist.main, dynamic_ncols=True)
         started, started_step = time.perf_counter(), self.step
         try:
-            while self.step < self.total_steps:
+            while self.step < last_step:
                 metrics = self.train_step(self.step)
                 self.step += 1
                 progress.update(1)
@@ -476,7 +504,7 @@ class Trainer:
                     save_generator(self.out / "snapshots" / f"step_{self.step:06d}.pt", self.ema,
                                    self.generator_config())
                 stop = self._agree_to_stop()
-                if self.step % self.config.checkpoint_every == 0 or self.step == self.total_steps or stop:
+                if self.step % self.config.checkpoint_every == 0 or self.step == last_step or stop:
                     self.save_checkpoint()
                 if stop:
                     log.info("stopped at step %d; run the same command to resume", self.step)
@@ -487,7 +515,10 @@ class Trainer:
                 log_file.close()
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
-        if self.dist.main:
+        if self.dist.main and self.step < self.total_steps:
+            log.info("paused at step %d of %d; run the same command without --until to go on", self.step,
+                     self.total_steps)
+        elif self.dist.main:
             log.info("done: best validation mean cosine %.4f at step %d", self.best["val_cos"], self.best["step"])
 
     def _request_stop(self, signum, frame) -> None:
@@ -552,12 +583,14 @@ def keep_freed_memory() -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoint, log, generator.pt")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="run folder (checkpoint, log, generator.pt); its name names the run")
     parser.add_argument("--init", type=Path, help="generator weights to start from (stage 2)")
     parser.add_argument("--recipe", choices=["cpu", "paper"], default="cpu")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set steps=10")
+    parser.add_argument("--until", type=int, metavar="STEP", help="stop (with a checkpoint) after this step")
     parser.add_argument("--publish", type=Path, help="copy generator.pt, config and log here at the end")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -569,18 +602,19 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     keep_freed_memory()
     overrides = dict(item.split("=", 1) for item in args.set)
-    config = read_config(args.config, args.recipe, {key: parse_value(value) for key, value in overrides.items()})
+    config = read_config(args.config, args.recipe, {key: parse_value(value) for key, value in overrides.items()},
+                         args.out.resolve().name)
     device = torch.device(args.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     trainer = Trainer(config, args.out, args.init, args.cache, device, require_filter=not args.no_identity_filter)
     try:
-        trainer.run()
+        trainer.run(args.until)
         if args.publish and trainer.dist.main and trainer.step >= trainer.total_steps:
             args.publish.mkdir(parents=True, exist_ok=True)
             shutil.copy(args.out / "generator.pt", args.publish / "generator.pt")
-            shutil.copy(args.config, args.publish / "config.toml")
+            (args.publish / "config.toml").write_text(config_toml(config, args.config, args.recipe, args.set))
             shutil.copy(args.out / "log.jsonl", args.publish / "log.jsonl")
             (args.publish / "run.json").write_text(json.dumps(
                 {"config": dataclasses.asdict(config), "recipe": args.recipe, "init": str(args.init),
