@@ -261,7 +261,25 @@ def test_evaluate_end_to_end_on_synthetic_cache(tmp_path):
     assert spread["accuracy"] == result["lfw"]["colour"]["accuracy"]
     assert spread["seed_spread"]["accuracy"] == {"mean": 1.0, "std": 0.0, "min": 1.0, "max": 1.0}
     table = ev.markdown_table([result])
-    assert "| colour | Bicubic | 100.00 ± 0.00 | 100.00 | 100.00 | 100.00 |" in table
+    assert "| colour | Bicubic | 100.00 ± 0.00 | 100.00 | 100.00 | 100.00 | – | – |" in table
+    quality = ev.image_quality(ev.bicubic_sr, cache, data, batch_size=4)
+    assert quality["faces"] == result["lfw"]["lr_faces"] and 10 < quality["psnr"] < 60 and 0 < quality["ssim"] < 1
+    table = ev.markdown_table([{**result, "image_quality": quality}])
+    assert f"| {quality['psnr']:.2f} | {quality['ssim']:.4f} |" in table
+
+
+def test_psnr_ssim_against_their_definitions():
+    rng = np.random.default_rng(0)
+    hr = rng.integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    noisy = np.clip(hr.astype(int) + rng.choice([-4, 4], hr.shape), 0, 255).astype(np.uint8)
+    psnr, ssim = ev.psnr_ssim(np.stack([hr[0], noisy[1]]), hr)
+    assert ssim[0] == pytest.approx(1.0) and psnr[0] > 100  # identical
+    mse = ((noisy[1].astype(float) - hr[1]) ** 2).mean()
+    assert psnr[1] == pytest.approx(10 * np.log10(255 ** 2 / mse))
+    # a flat image against a textured one: the structure term is zero, so SSIM is near zero
+    flat = np.full_like(hr[:1], 128)
+    assert abs(ev.psnr_ssim(flat, hr[:1])[1][0]) < 0.05
+    assert 0.5 < ssim[1] < 1
 
 
 def test_degrade_and_super_resolve_checks_shape_and_quantizes():

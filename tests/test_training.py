@@ -279,3 +279,31 @@ def test_generator_matches_the_paper_and_folds_batch_norm():
     folded = fold_batch_norm(generator)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert torch.allclose(folded(lr), generator(lr), atol=1e-5)
+
+
+def test_bundle_round_trip_keeps_the_pool_and_its_split(tmp_path):
+    from training import bundle
+    from training.data import load_set, split_pool, training_rows
+
+    source = write_cache(tmp_path / "source", count=30)
+    index = (source / "utkface" / "index.tsv").read_text().splitlines()
+    index[3] = index[3].replace("detected", "fallback")  # row 2 is not usable
+    (source / "utkface" / "index.tsv").write_text("\n".join(index) + "\n")
+    np.savetxt(source / "utkface" / "keep.txt", [row for row in range(30) if row != 7], fmt="%d")  # 7 filtered
+    used = training_rows(source)
+    assert 2 not in used and 7 not in used
+
+    packed = bundle.pack(source, tmp_path / "pool.npz", quality=95)
+    assert packed["faces"] == len(used)
+    bundle.unpack(tmp_path / "pool.npz", tmp_path / "unpacked")
+    original, restored = load_set("utkface", source), load_set("utkface", tmp_path / "unpacked")
+    np.testing.assert_array_equal(restored.masks, original.masks[used])
+    inside = restored.masks[..., None].repeat(3, -1) > 0
+    error = np.abs(restored.faces.astype(int) - original.faces[used].astype(int))[inside]
+    assert error.mean() < 3  # JPEG at quality 95
+    assert [row["path"] for row in restored.index] == [original.index[row]["path"] for row in used]
+    # the trainer draws the same validation faces from the bundle as from the full cache
+    train_rows, val_rows = split_pool(training_rows(tmp_path / "unpacked"))
+    full_train, full_val = split_pool(used)
+    np.testing.assert_array_equal(used[val_rows], full_val)
+    np.testing.assert_array_equal(used[train_rows], full_train)

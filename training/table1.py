@@ -70,15 +70,22 @@ def generator_sr(path: Path, batch_size: int = 128) -> ev.SRFunction:
 
 def evaluate_cached(name: str, key: str, fingerprint: str, sr_fn: ev.SRFunction | None, recognizers: dict,
                     cache: Path, data: Path, out: Path, protocols: tuple[str, ...] = ("lfw", "celeba")) -> dict:
-    """``ev.evaluate`` of one row, kept in ``<out>/eval/<key>.json`` while ``fingerprint`` holds."""
+    """``ev.evaluate`` of one row, with the PSNR and SSIM of its LFW faces, kept in ``<out>/eval/<key>.json``
+    while ``fingerprint`` holds."""
     path = out / "eval" / f"{key}.json"
     if path.exists():
         saved = json.loads(path.read_text())
         if (saved.get("fingerprint") == fingerprint and saved.get("recognizers") == list(recognizers)
                 and all(protocol in saved for protocol in protocols)):
-            log.info("%s: reusing %s", name, path)
+            if sr_fn is None or "image_quality" in saved:
+                log.info("%s: reusing %s", name, path)
+                return saved
+            saved["image_quality"] = ev.image_quality(sr_fn, cache, data)
+            path.write_text(json.dumps(saved, indent=1) + "\n")
             return saved
     result = ev.evaluate(sr_fn, name, recognizers, protocols=protocols, cache_root=cache, data_root=data)
+    if sr_fn is not None:
+        result["image_quality"] = ev.image_quality(sr_fn, cache, data)
     result["fingerprint"] = fingerprint
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
