@@ -50,7 +50,7 @@ def measure(trainer: Trainer, batches: int) -> dict:
         gradients = {name: flat_gradient(term, parameters) for name, term in terms.items()}
         for name in terms:
             norms[name].append(float(gradients[name].norm()))
-            values[name].append(float(terms[name]))
+            values[name].append(float(terms[name].detach()))
         alignment.append(float(torch.nn.functional.cosine_similarity(gradients["pixel"], gradients["cos"], dim=0)))
         log.info("batch %d: gradient norms %s", step, {name: round(v[-1], 4) for name, v in norms.items()})
     return {"batches": batches, "batch_size": trainer.config.batch_size,

