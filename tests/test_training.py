@@ -300,10 +300,62 @@ def test_bundle_round_trip_keeps_the_pool_and_its_split(tmp_path):
     np.testing.assert_array_equal(restored.masks, original.masks[used])
     inside = restored.masks[..., None].repeat(3, -1) > 0
     error = np.abs(restored.faces.astype(int) - original.faces[used].astype(int))[inside]
-    assert error.mean() < 3  # JPEG at quality 95
+    assert error.mean() < 3  # WebP at quality 95
+    from training.recognizers.sface import sface_onnx_path
+    assert (tmp_path / "unpacked" / "sface.onnx").read_bytes() == sface_onnx_path().read_bytes()
     assert [row["path"] for row in restored.index] == [original.index[row]["path"] for row in used]
     # the trainer draws the same validation faces from the bundle as from the full cache
     train_rows, val_rows = split_pool(training_rows(tmp_path / "unpacked"))
     full_train, full_val = split_pool(used)
     np.testing.assert_array_equal(used[val_rows], full_val)
     np.testing.assert_array_equal(used[train_rows], full_train)
+
+
+def test_gpu_script_trains_from_a_bundle_and_resumes(tmp_path):
+    """scripts/gpu_train.sh end to end on the CPU, a few steps: unpack, train the shipped recipe, resume."""
+    from training import bundle
+
+    source = write_cache(tmp_path / "source", count=30)
+    np.savetxt(source / "utkface" / "keep.txt", np.arange(30), fmt="%d")
+    bundle.pack(source, tmp_path / "pool.npz", quality=90)
+    environment = {**os.environ, "PYTHON": sys.executable, "CACHE": str(tmp_path / "cache"),
+                   "OMP_NUM_THREADS": "1"}
+    command = ["bash", str(ROOT / "scripts" / "gpu_train.sh"), str(tmp_path / "pool.npz"), str(tmp_path / "out"),
+               "3", "--", "--device", "cpu", "--threads", "1", "--set", "batch_size=4", "--set", "bf16=false",
+               "--set", "validate_every=100"]
+    subprocess.run(command + ["--until", "2"], env=environment, check=True, capture_output=True)
+    assert torch.load(tmp_path / "out" / "run" / "checkpoint.pt", weights_only=False)["step"] == 2
+    subprocess.run(command, env=environment, check=True, capture_output=True)
+    log = (tmp_path / "out" / "gpu_train.log").read_text()
+    assert "resumed" in log and (tmp_path / "out" / "published" / "generator.pt").exists()
+    run = json.loads((tmp_path / "out" / "published" / "run.json").read_text())
+    expected = train.read_config(CONFIGS / "iafsr_balanced.toml", "paper", {}, "run")
+    assert (run["config"]["cos_weight"], run["config"]["magnitude_weight"]) == (expected.cos_weight,
+                                                                                expected.magnitude_weight)
+    assert run["total_steps"] == 3 and run["recipe"] == "paper"
+
+
+def test_balanced_recipe_differs_from_iafsr_shift_only_in_the_loss_weights():
+    shifted = dataclasses.asdict(train.read_config(CONFIGS / "iafsr_shift.toml", "cpu", {}, "run"))
+    balanced = dataclasses.asdict(train.read_config(CONFIGS / "iafsr_balanced.toml", "cpu", {}, "run"))
+    assert (balanced.pop("cos_weight"), balanced.pop("magnitude_weight")) == (1000.0, 0.1)
+    shifted.pop("cos_weight"), shifted.pop("magnitude_weight")
+    assert balanced == shifted
+
+
+def test_fig4_selection_rule(tmp_path):
+    from training import fig4
+
+    def run(name, cos, psnr):
+        folder = tmp_path / name
+        folder.mkdir()
+        records = [{"step": 0, "val_cos": 0.59, "val_psnr": 25.7}, {"step": 100, "val_cos": cos, "val_psnr": psnr},
+                   {"step": 200, "val_cos": 0.99, "val_psnr": 10.0}]  # after the sweep's length: not read
+        (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return folder
+
+    runs = {"low": run("low", 0.60, 25.7), "blurry": run("blurry", 0.70, 25.1), "best": run("best", 0.6400, 25.3),
+            "tied": run("tied", 0.6405, 25.2)}
+    chosen, summary = fig4.select(runs, 100)
+    assert not summary["blurry"]["eligible"]  # 0.6 dB under the start: past the PSNR floor
+    assert chosen == "best"  # tied with "tied" on cosine (within 1e-3), higher PSNR
