@@ -47,6 +47,7 @@ METHODS = (
     ("IAFSR, edge shift", "iafsr_shift"),
     ("SR-net, edge shift, long stage 1", "srnet_shift_long"),
     ("IAFSR, edge shift, long stage 1", "iafsr_shift_long"),
+    ("IAFSR, edge shift, long stage 1, β1 = 1000", "iafsr_balanced"),
 )
 GRID_FACES = 6
 
