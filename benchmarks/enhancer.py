@@ -1,20 +1,25 @@
-"""Throughput of FaceEnhancer.enhance against a bare onnxruntime session and torch eager on the same weights.
+"""Throughput of FaceEnhancer.enhance (fp32 and int8) against bare onnxruntime sessions and torch eager.
 
-    python -m benchmarks.enhancer [--json PATH] [--batches 1 64] [--rounds 5] [--threads N] [--weights PT]
+    python -m benchmarks.enhancer [--json PATH] [--batches 1 32] [--rounds 5] [--threads N] [--weights PT]
 
 Inputs are real LFW faces degraded to 16×16 (``tests/fixtures/sdk_lfw_lr16.npy``), tiled to each batch size.
-- ``sdk``: ``FaceEnhancer.enhance`` on uint8 NHWC faces, uint8 NHWC out (all conversions included), with
-  its default of no CPU memory arena; ``sdk_arena``: the same with ``memory_arena=True``.
-- ``ort_no_arena`` / ``ort``: a bare ``InferenceSession`` on the same ONNX file with the same options (no
-  arena / onnxruntime's stock options), fed a pre-made float32 NCHW array.
+- ``sdk`` / ``sdk_int8``: ``FaceEnhancer.enhance`` on uint8 NHWC faces, uint8 NHWC out (all conversions
+  included), with its default session settings, fp32 and int8 model; ``sdk_no_arena``: fp32 with
+  ``memory_arena=False``; ``sdk_one_call`` / ``sdk_int8_one_call`` (batches above ``CPU_RUN_FACES``): the
+  whole batch in one onnxruntime call instead of calls of ``CPU_RUN_FACES`` faces.
+- ``ort`` / ``ort_int8``: a bare ``InferenceSession`` with onnxruntime's stock options on the fp32 / int8 file,
+  fed a pre-made float32 NCHW array; ``ort_no_arena``: fp32 without the CPU memory arena.
 - ``torch``: the generator in eval mode under ``torch.inference_mode`` with the same weights (the shipped
   placeholder is rebuilt from its seed; trained weights need ``--weights``), float32 NCHW in and out.
 The contenders run interleaved, round after round, so background load hits them alike; each figure is the
-median over ``--rounds`` turns. SDK overhead = sdk time / bare time - 1 with the same session options, within this run; the cost of
-running without the arena is reported beside it. The resident memory of a process with and without the arena is measured in subprocesses.
+median over ``--rounds`` turns. Next to each: achieved GFLOP/s (2 × the card's multiply-adds per face, 2.35
+GFLOP) and its fraction of this CPU's fp32 FMA peak (physical cores × clock × FLOP per cycle from the widest
+vector FMA in /proc/cpuinfo, two FMA units assumed: 64 with AVX-512, 32 with AVX2; ``--peak-gflops``
+overrides). SDK overhead = sdk time / fastest bare fp32 time - 1, within this run.
 
-Then variants of the session (optimisation level, intra-op threads, execution mode, fp16) against the stock
-one, and the share of ``enhance`` spent outside onnxruntime (what a native post-processing kernel could win).
+Then variants of the session (optimisation level, threads, spinning, execution mode, arena, I/O binding into a
+reused output buffer, fp16, int8) against the stock one, the resident memory of processes running the SDK,
+and the share of ``enhance`` spent outside onnxruntime (what a native post-processing kernel could win).
 Where CUDA works, the same at batch 256 on the GPU, fp32 and fp16, with and without I/O binding.
 """
 from __future__ import annotations
@@ -34,8 +39,8 @@ from typing import Any, Callable
 import numpy as np
 import onnxruntime
 
-from iafsr_sdk.enhancer import (CARD_FILE, MODEL_FILES, FaceEnhancer, _cuda_driver_present, _shipped_model_dir,
-                                _to_images, _to_network_input)
+from iafsr_sdk.enhancer import (CARD_FILE, CPU_RUN_FACES, MODEL_FILES, FaceEnhancer, _cuda_driver_present,
+                                _shipped_model_dir, _to_images, _to_network_input)
 
 log = logging.getLogger("benchmarks.enhancer")
 
@@ -70,9 +75,11 @@ def race(contenders: dict[str, Callable[[], Any]], rounds: int, calls: int = 1) 
 
 
 def session(path: Path, providers: list, threads: int | None, level: str = "all",
-            mode: str = "sequential", arena: bool = True) -> onnxruntime.InferenceSession:
+            mode: str = "sequential", arena: bool = True, spinning: bool = True) -> onnxruntime.InferenceSession:
     options = onnxruntime.SessionOptions()
     options.enable_cpu_mem_arena = arena
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = {
         "basic": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -109,83 +116,146 @@ def torch_generator(card: dict, weights: Path | None, threads: int | None):
     return run
 
 
+def cpu_features() -> dict:
+    """Physical cores, clock, vector ISA and VNNI of this CPU from /proc/cpuinfo (Linux; else the logical cores)."""
+    info = {"cores": os.cpu_count() or 1, "mhz": None, "isa": "unknown", "vnni": None, "model": platform.processor()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    blocks = [dict(line.split(":", 1) for line in block.splitlines() if ":" in line) for block in text.split("\n\n")]
+    blocks = [{key.strip(): value.strip() for key, value in block.items()} for block in blocks if block]
+    cores = {(b.get("physical id"), b.get("core id")) for b in blocks if "core id" in b}
+    flags = set(blocks[0].get("flags", "").split()) if blocks else set()
+    megahertz = [float(b["cpu MHz"]) for b in blocks if "cpu MHz" in b]
+    info.update(cores=len(cores) or info["cores"], mhz=max(megahertz) if megahertz else None,
+                model=blocks[0].get("model name", info["model"]) if blocks else info["model"])
+    if "avx512f" in flags:
+        info["isa"] = "avx512"
+    elif "avx2" in flags and "fma" in flags:
+        info["isa"] = "avx2"
+    vnni = [name for name in ("avx512_vnni", "avx_vnni") if name in flags]
+    info["vnni"] = ", ".join(vnni) or None
+    return info
+
+
+def fp32_peak_gflops(features: dict, override: float | None) -> float | None:
+    """fp32 FMA peak: physical cores × clock × FLOP per cycle (two FMA units of the widest vector width)."""
+    if override:
+        return override
+    flops_per_cycle = {"avx512": 2 * 2 * 16, "avx2": 2 * 2 * 8}.get(features["isa"])
+    if flops_per_cycle is None or not features["mhz"]:
+        return None
+    return features["cores"] * features["mhz"] / 1e3 * flops_per_cycle
+
+
 def cpu_comparison(faces: np.ndarray, batches: list[int], rounds: int, threads: int | None,
-                   card: dict, weights: Path | None) -> list[dict]:
-    model = _shipped_model_dir() / MODEL_FILES["fp32"]
-    bare = session(model, ["CPUExecutionProvider"], threads)
-    bare_no_arena = session(model, ["CPUExecutionProvider"], threads, arena=False)  # the SDK's options
+                   card: dict, weights: Path | None, peak: float | None) -> list[dict]:
+    fp32, int8 = (_shipped_model_dir() / MODEL_FILES[p] for p in ("fp32", "int8"))
+    cpu = ["CPUExecutionProvider"]
+    bare = session(fp32, cpu, threads)
+    bare_no_arena = session(fp32, cpu, threads, arena=False)
+    bare_int8 = session(int8, cpu, threads)
     run_torch = torch_generator(card, weights, threads)
+    gflop_per_face = 2 * card["multiply_adds_per_face"] / 1e9
     rows = []
     for batch in batches:
-        enhancer = FaceEnhancer(device="cpu", threads=threads, batch_size=batch)
-        enhancer_arena = FaceEnhancer(device="cpu", threads=threads, batch_size=batch, memory_arena=True)
+        enhancers = {"sdk": FaceEnhancer(device="cpu", threads=threads, batch_size=batch),
+                     "sdk_int8": FaceEnhancer(device="cpu", threads=threads, batch_size=batch, precision="int8"),
+                     "sdk_no_arena": FaceEnhancer(device="cpu", threads=threads, batch_size=batch, memory_arena=False)}
+        if batch > CPU_RUN_FACES:  # what the cap of CPU_RUN_FACES faces per call costs, if anything
+            enhancers["sdk_one_call"] = FaceEnhancer(device="cpu", threads=threads, batch_size=batch)
+            enhancers["sdk_int8_one_call"] = FaceEnhancer(device="cpu", threads=threads, batch_size=batch,
+                                                          precision="int8")
+            for name in ("sdk_one_call", "sdk_int8_one_call"):
+                enhancers[name]._run_faces = batch
         uint8 = tiled(faces, batch)
         lr = nchw(uint8)
         contenders: dict[str, Callable[[], Any]] = {
-            "sdk": lambda: enhancer.enhance(uint8),
-            "ort_no_arena": lambda: bare_no_arena.run(None, {"lr": lr}),
-            "sdk_arena": lambda: enhancer_arena.enhance(uint8),
-            "ort": lambda: bare.run(None, {"lr": lr}),
-        }
+            name: (lambda e=enhancer: e.enhance(uint8)) for name, enhancer in enhancers.items()}
+        contenders.update({"ort": lambda: bare.run(None, {"lr": lr}),
+                           "ort_no_arena": lambda: bare_no_arena.run(None, {"lr": lr}),
+                           "ort_int8": lambda: bare_int8.run(None, {"lr": lr})})
         if run_torch is not None:
             contenders["torch"] = lambda: run_torch(lr)
         seconds = race(contenders, rounds, calls=1 if batch > 8 else 10)
-        row = {"batch": batch, **{f"{name}_faces_per_s": batch / t for name, t in seconds.items()},
-               "sdk_overhead_pct": 100 * (seconds["sdk"] / seconds["ort_no_arena"] - 1),
-               "sdk_arena_overhead_pct": 100 * (seconds["sdk_arena"] / seconds["ort"] - 1),
-               "no_arena_cost_pct": 100 * (seconds["ort_no_arena"] / seconds["ort"] - 1)}
+        fastest_fp32 = min(seconds["ort"], seconds["ort_no_arena"])
+        row: dict[str, Any] = {"batch": batch}
+        for name, t in seconds.items():
+            row[f"{name}_faces_per_s"] = batch / t
+            row[f"{name}_gflops"] = gflop_per_face * batch / t
+            if peak:
+                row[f"{name}_peak_fraction"] = gflop_per_face * batch / t / peak
+        row.update({"sdk_overhead_pct": 100 * (seconds["sdk"] / fastest_fp32 - 1),
+                    "sdk_int8_speedup": seconds["sdk"] / seconds["sdk_int8"],
+                    "ort_int8_speedup": seconds["ort"] / seconds["ort_int8"],
+                    "no_arena_cost_pct": 100 * (seconds["ort_no_arena"] / seconds["ort"] - 1)})
         rows.append(row)
-        log.info("batch %3d: %s", batch, ", ".join(f"{k} {v:.1f}" for k, v in row.items() if k != "batch"))
+        log.info("batch %d:", batch)
+        for name in seconds:
+            fraction = f", {100 * row[f'{name}_peak_fraction']:.0f} % of fp32 peak" if peak else ""
+            log.info("  %-13s %7.1f faces/s  %6.1f GFLOP/s%s", name, row[f"{name}_faces_per_s"],
+                     row[f"{name}_gflops"], fraction)
+        log.info("  sdk vs fastest bare fp32 %+.1f %%, int8 speed-up sdk ×%.2f, bare ×%.2f, no-arena cost %+.1f %%",
+                 row["sdk_overhead_pct"], row["sdk_int8_speedup"], row["ort_int8_speedup"], row["no_arena_cost_pct"])
     return rows
 
 
 def cpu_variants(faces: np.ndarray, batch: int, rounds: int) -> list[dict]:
     """Session settings against the stock session (onnxruntime's defaults), bare runs at one batch size."""
-    cores = os.cpu_count() or 1
+    cores = cpu_features()["cores"]
     lr = nchw(tiled(faces, batch))
-    fp32, fp16 = (_shipped_model_dir() / MODEL_FILES[p] for p in ("fp32", "fp16"))
+    fp32, fp16, int8 = (_shipped_model_dir() / MODEL_FILES[p] for p in ("fp32", "fp16", "int8"))
     cpu = ["CPUExecutionProvider"]
     sessions = {
         "stock (all, default threads, sequential)": session(fp32, cpu, None),
         "optimisation basic": session(fp32, cpu, None, level="basic"),
         "optimisation extended": session(fp32, cpu, None, level="extended"),
         "1 intra-op thread": session(fp32, cpu, 1),
-        f"{cores} intra-op threads": session(fp32, cpu, cores),
+        f"{cores} intra-op threads (physical cores)": session(fp32, cpu, cores),
+        f"{cores} intra-op threads, no spinning": session(fp32, cpu, cores, spinning=False),
         "parallel execution mode": session(fp32, cpu, None, mode="parallel"),
-        "no CPU memory arena (SDK default)": session(fp32, cpu, None, arena=False),
+        "no CPU memory arena": session(fp32, cpu, None, arena=False),
         "fp16 model": session(fp16, cpu, None),
+        "int8 model": session(int8, cpu, None),
+        "int8 model, optimisation extended": session(int8, cpu, None, level="extended"),
     }
-    seconds = race({name: (lambda s=s: s.run(None, {"lr": lr})) for name, s in sessions.items()}, rounds)
+    contenders = {name: (lambda s=s: s.run(None, {"lr": lr})) for name, s in sessions.items()}
+    # No arena, the output bound to one reused buffer: what I/O binding alone wins back.
+    bound_session = session(fp32, cpu, None, arena=False)
+    binding = bound_session.io_binding()
+    output = np.empty((batch, 3, 128, 128), np.float32)
+    binding.bind_cpu_input("lr", lr)
+    binding.bind_output("sr", "cpu", 0, np.float32, list(output.shape), output.ctypes.data)
+    contenders["no CPU memory arena, output bound to a reused buffer"] = lambda: bound_session.run_with_iobinding(binding)
+    seconds = race(contenders, rounds)
     stock = seconds["stock (all, default threads, sequential)"]
     rows = [{"variant": name, "batch": batch, "faces_per_s": batch / t, "vs_stock": stock / t}
             for name, t in seconds.items()]
     for row in rows:
-        log.info("%-42s %7.1f faces/s  ×%.2f", row["variant"], row["faces_per_s"], row["vs_stock"])
+        log.info("%-55s %7.1f faces/s  ×%.2f", row["variant"], row["faces_per_s"], row["vs_stock"])
     return rows
 
 
 MEMORY_PROBE = """
-import sys, numpy as np, onnxruntime as ort
-options = ort.SessionOptions()
-options.enable_cpu_mem_arena = sys.argv[2] == "arena"
-session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
-lr = np.random.default_rng(0).random((int(sys.argv[3]), 3, 16, 16), dtype=np.float32)
+import sys, numpy as np
+from iafsr_sdk import FaceEnhancer
+enhancer = FaceEnhancer(device="cpu", precision=sys.argv[1], memory_arena=sys.argv[2] == "arena")
+faces = np.random.default_rng(0).integers(0, 256, (int(sys.argv[3]), 16, 16, 3), dtype=np.uint8)
 for _ in range(3):
-    session.run(None, {"lr": lr})
+    enhancer.enhance(faces)
 print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) // 1024)
 """
 
 
 def resident_memory(batch: int) -> dict[str, int]:
-    """Resident MB of a process after three runs at ``batch``, with and without onnxruntime's CPU arena."""
-    model = str(_shipped_model_dir() / MODEL_FILES["fp32"])
+    """Resident MB of a process after three ``enhance`` calls of ``batch`` faces, per model and arena setting."""
     result = {}
-    for setting in ("arena", "no_arena"):
-        done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, model, setting, str(batch)],
+    for precision, setting in (("fp32", "arena"), ("fp32", "no_arena"), ("int8", "arena")):
+        done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, precision, setting, str(batch)],
                               capture_output=True, text=True, check=True)
-        result[f"{setting}_rss_mb"] = int(done.stdout.strip())
-    log.info("batch %d: resident %d MB with the CPU arena, %d MB without", batch, result["arena_rss_mb"],
-             result["no_arena_rss_mb"])
+        result[f"sdk_{precision}_{setting}_rss_mb"] = int(done.stdout.strip())
+    log.info("enhance of %d faces: resident %s", batch, ", ".join(f"{k} {v} MB" for k, v in result.items()))
     return result
 
 
@@ -260,25 +330,34 @@ def gpu(faces: np.ndarray, batch: int, rounds: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="FaceEnhancer throughput against bare onnxruntime and torch.")
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--rounds", type=int, default=5, help="turns of each contender (1 timed call per turn "
                         "above batch 8, 10 below)")
     parser.add_argument("--threads", type=int, help="intra-op threads for onnxruntime and torch (default: theirs)")
     parser.add_argument("--weights", type=Path, help="trained generator weights for the torch baseline")
     parser.add_argument("--gpu-batch", type=int, default=256)
+    parser.add_argument("--peak-gflops", type=float, help="this CPU's fp32 peak, if the estimate from "
+                        "/proc/cpuinfo is wrong (e.g. one 512-bit FMA unit per core, or a turbo clock)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(message)s")
     log.setLevel(logging.INFO)
 
     faces = np.load(FACES)
     card = json.loads((_shipped_model_dir() / CARD_FILE).read_text())
+    features = cpu_features()
+    peak = fp32_peak_gflops(features, args.peak_gflops)
     results: dict[str, Any] = {
-        "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "machine": {"processor": features["model"] or platform.machine(), "cpu_count": os.cpu_count(),
+                    "physical_cores": features["cores"], "mhz": features["mhz"], "vector_isa": features["isa"],
+                    "vnni": features["vnni"], "fp32_peak_gflops": peak,
                     "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
                     "onnxruntime": onnxruntime.__version__, "placeholder_model": card.get("placeholder")},
     }
-    log.info("== FaceEnhancer vs bare onnxruntime vs torch eager (CPU, faces/s) ==")
-    results["cpu"] = cpu_comparison(faces, args.batches, args.rounds, args.threads, card, args.weights)
+    log.info("CPU: %s, %d physical cores at %s MHz, %s, VNNI: %s; fp32 FMA peak %s GFLOP/s", features["model"],
+             features["cores"], features["mhz"], features["isa"], features["vnni"] or "none",
+             f"{peak:.0f}" if peak else "unknown")
+    log.info("== FaceEnhancer fp32 / int8 vs bare onnxruntime vs torch eager (CPU, faces/s) ==")
+    results["cpu"] = cpu_comparison(faces, args.batches, args.rounds, args.threads, card, args.weights, peak)
     log.info("== session variants (bare onnxruntime, CPU, batch %d) ==", max(args.batches))
     results["cpu_variants"] = cpu_variants(faces, max(args.batches), args.rounds)
     if sys.platform.startswith("linux"):

@@ -1,30 +1,43 @@
-"""Export the generator to ONNX: an fp32 and an fp16 file and one model card for both.
+"""Export the generator to ONNX: an fp32, an fp16 and (with ``--int8``) an int8 file, and one model card.
 
-    python -m export.generator --weights runs/iafsr/generator.pt --out iafsr_sdk/models/
+    python -m export.generator --weights runs/iafsr/generator.pt --out iafsr_sdk/models/ [--int8]
     python -m export.generator --random-init --seed 0 --out iafsr_sdk/models/     # placeholder weights
 
 The graph holds standard operators only: BatchNorm is folded into the convolutions, PixelShuffle is
-``DepthToSpace`` (mode CRD) and PReLU slopes are shaped (C, 1, 1). The batch dimension is dynamic; height
-and width are fixed at 16 in, 128 out.
+``DepthToSpace`` (mode CRD) and PReLU slopes are shaped (C, 1, 1). The 9×9 output convolution (64 → 3
+channels at 128×128) is computed on the four pixel phases of the last PixelShuffle instead, an exact
+rewrite that is several times faster on CPUs (:func:`_tail_on_pixel_phases`). The batch dimension is
+dynamic; height and width are fixed at 16 in, 128 out.
 
-Both files take and return float32 NCHW RGB in [0, 1] (output not clipped). The fp16 file stores weights and
+All files take and return float32 NCHW RGB in [0, 1] (output not clipped). The fp16 file stores weights and
 computes in float16 between a Cast after the input and a Cast before the output, so callers feed the same
-arrays to either file.
+arrays to any file.
 
 Before anything is written, both graphs are checked against torch on real LFW faces degraded to 16×16
 (``tests/fixtures/sdk_lfw_lr16.npy``): fp32 within ``FP32_TOLERANCE``; fp16 within twice the error that
 torch's own float16 run of the same weights makes against its float32 run (at least ``FP16_FLOOR``).
-The card (``iafsr_generator.json``) records the measured errors, the sha256 of both files and the command.
+The int8 file is the fp32 graph quantized by onnxruntime (static, QDQ: int8 weights per output channel,
+uint8 activations per tensor), calibrated on aligned faces of the training split of the UTKFace pool degraded
+to 16×16 by the SDK's own ``degrade`` (never on LFW or CelebA). Layers named in ``INT8_FLOAT_LAYERS`` stay
+float32. It is checked against the fp32 ONNX graph on the same LFW faces: mean absolute error within
+``INT8_MEAN_TOLERANCE``, and no more than ``INT8_OUTLIER_SHARE`` of the values off by more than
+``INT8_OUTLIER_LEVEL``. The card (``iafsr_generator.json``) records the measured errors, the calibration set and
+method, the sha256 of every file and the command.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import io
 import json
 import logging
 import shlex
 import sys
+import tempfile
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -32,7 +45,8 @@ import onnxruntime
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from iafsr_sdk.faces import HR_SIZE, LR_SIZE, TEMPLATE_128
+from iafsr_sdk.faces import HR_SIZE, LR_SIZE, TEMPLATE_128, degrade
+from training.data import DEFAULT_CACHE
 from training.models import Generator, fold_batch_norm, load_generator, sha256_of
 
 log = logging.getLogger("export.generator")
@@ -42,12 +56,28 @@ PARITY_FACES = ROOT / "tests" / "fixtures" / "sdk_lfw_lr16.npy"
 OPSET = 18
 INPUT_NAME = "lr"
 OUTPUT_NAME = "sr"
+TAIL_PHASES = "sr_phases"  # the output convolution's result before the last DepthToSpace
 FP32_FILE = "iafsr_generator.onnx"
 FP16_FILE = "iafsr_generator_fp16.onnx"
+INT8_FILE = "iafsr_generator_int8.onnx"
 CARD_FILE = "iafsr_generator.json"
 FP32_TOLERANCE = 1e-4
 # A float16 value near 1 is exact to 2**-11 ≈ 4.9e-4; the bound never goes below that resolution.
 FP16_FLOOR = 2.0**-11
+
+# int8: calibration faces drawn from the training split of the UTKFace pool, and how they are used.
+CALIBRATION_FACES = 512
+CALIBRATION_SEED = 8
+CALIBRATION_BATCH = 16  # faces per calibration run; histograms are merged batch by batch
+INT8_METHOD = "percentile"  # onnxruntime's default 99.999th percentile of |x|
+INT8_ACTIVATIONS = "uint8"
+# Convolutions left in float32, by the name of their weights' module: the 16×16 / 32×32 trunk, 14 % of the
+# multiply-adds but most of the loss (docs/usage.md has the measurements).
+INT8_FLOAT_LAYERS = ("head", "blocks", "fuse", "upsample.0")
+# Bounds of the int8 graph against the fp32 graph on the LFW parity faces (values in [0, 1] after clipping).
+INT8_MEAN_TOLERANCE = 2.0 / 255
+INT8_OUTLIER_LEVEL = 8.0 / 255
+INT8_OUTLIER_SHARE = 1e-3
 
 TERMS = (
     "The shipped weights are for non-commercial research only: they inherit the terms of the face data "
@@ -66,6 +96,12 @@ def make_generator(weights: Path | None, seed: int) -> tuple[Generator, dict]:
     """The trained generator from ``weights``, or a randomly initialised one (placeholder) from ``seed``."""
     if weights is not None:
         generator, config = load_generator(weights)
+        run = Path(weights).parent / "run.json"  # beside weights published by training.train
+        if run.exists():
+            trained = json.loads(run.read_text())
+            config["loss"] = {key: trained["config"][key] for key in ("pixel_weight", "cos_weight", "magnitude_weight")}
+            config["loss"]["pixel_term"] = "squared error summed over the 128×128×3 pixels in [0, 1] (eq. 3)"
+            config["recipe"], config["init"] = trained.get("recipe"), trained.get("init")
         return generator, dict(config, weights_sha256=sha256_of(weights))
     torch.manual_seed(seed)
     generator = Generator().eval()
@@ -118,6 +154,70 @@ def _squeeze_prelu_slopes(model: onnx.ModelProto) -> None:
     del model.graph.value_info[:]
 
 
+def _tail_on_pixel_phases(model: onnx.ModelProto) -> None:
+    """Compute the output convolution on the pixel phases of the PixelShuffle before it: same sums, exact.
+
+    The tail (9×9, 64 → 3 channels at 128×128) reads PRelu(DepthToSpace(x)). With 3 output channels it
+    wastes most of onnxruntime's CPU convolution, which computes output channels in blocks of 8 or 16: it
+    took half of the fp32 run time. Pixel (r·h + a, r·w + b) of its output only reads pixels of phases
+    (i, j) of the shuffled input, which are channels c·r² + i·r + j of x. So the same sums are one
+    convolution on x: 64·r² → 3·r² channels (colour o, phase a, b at o·r² + a·r + b), 5×5 for r = 2 and a
+    9×9 kernel, followed by a DepthToSpace (CRD) of 12 channels; the PRelu moves before the shuffle with
+    each slope repeated r² times.
+    """
+    graph = model.graph
+    producer = {node.output[0]: node for node in graph.node}
+    tail = producer[OUTPUT_NAME]
+    prelu = producer.get(tail.input[0])
+    shuffle = producer.get(prelu.input[0]) if prelu is not None else None
+    consumers = [name for node in graph.node for name in node.input]
+    attributes = {a.name: helper.get_attribute_value(a) for a in shuffle.attribute} if shuffle is not None else {}
+    if (tail.op_type != "Conv" or prelu.op_type != "PRelu" or shuffle.op_type != "DepthToSpace"
+            or attributes.get("mode", b"DCR") != b"CRD" or consumers.count(prelu.output[0]) != 1
+            or consumers.count(shuffle.output[0]) != 1):
+        raise ValueError("the graph does not end in DepthToSpace (CRD) → PRelu → Conv")
+    initializers = {init.name: init for init in graph.initializer}
+    weights = numpy_helper.to_array(initializers[tail.input[1]])
+    bias = numpy_helper.to_array(initializers[tail.input[2]])
+    slopes = numpy_helper.to_array(initializers[prelu.input[1]]).reshape(-1)
+    conv = {a.name: helper.get_attribute_value(a) for a in tail.attribute}
+    size, r = weights.shape[-1], int(attributes["blocksize"])
+    pad = size // 2
+    if (weights.shape[-2] != size or size % 2 == 0 or list(conv.get("pads", [])) != [pad] * 4
+            or any(v != 1 for v in list(conv.get("strides", [])) + list(conv.get("dilations", [])))
+            or conv.get("group", 1) != 1):
+        raise ValueError(f"unexpected output convolution {conv} with weights {weights.shape}")
+    low, high = -pad // r, (r - 1 + pad) // r  # offsets, in pixels before the shuffle, that a 9×9 window reaches
+    phases = np.zeros((weights.shape[0] * r * r, weights.shape[1] * r * r, high - low + 1, high - low + 1),
+                      np.float32)
+    for a in range(r):
+        for b in range(r):
+            for i in range(r):
+                for j in range(r):
+                    for u in range(low, high + 1):
+                        for v in range(low, high + 1):
+                            dy, dx = r * u + i - a, r * v + j - b
+                            if abs(dy) <= pad and abs(dx) <= pad:
+                                phases[a * r + b::r * r, i * r + j::r * r, u - low, v - low] = \
+                                    weights[:, :, dy + pad, dx + pad]
+    for name in (tail.input[1], tail.input[2], prelu.input[1]):
+        graph.initializer.remove(initializers[name])
+    graph.initializer.extend([
+        numpy_helper.from_array(np.repeat(slopes, r * r).reshape(-1, 1, 1).astype(np.float32), prelu.input[1]),
+        numpy_helper.from_array(phases, "tail.phases.weight"),
+        numpy_helper.from_array(np.repeat(bias, r * r).astype(np.float32), "tail.phases.bias"),
+    ])
+    for node in (shuffle, prelu, tail):
+        graph.node.remove(node)
+    graph.node.extend([
+        helper.make_node("PRelu", [shuffle.input[0], prelu.input[1]], [prelu.output[0]], name=prelu.name),
+        helper.make_node("Conv", [prelu.output[0], "tail.phases.weight", "tail.phases.bias"], [TAIL_PHASES],
+                         name=tail.name, kernel_shape=[high - low + 1] * 2, pads=[-low, -low, high, high]),
+        helper.make_node("DepthToSpace", [TAIL_PHASES], [OUTPUT_NAME], name=shuffle.name, blocksize=r, mode="CRD"),
+    ])
+    del graph.value_info[:]
+
+
 def export_fp32(generator: Generator) -> onnx.ModelProto:
     """The BN-folded generator as an ONNX graph with a dynamic batch dimension."""
     folded = fold_batch_norm(generator).eval()
@@ -139,6 +239,7 @@ def export_fp32(generator: Generator) -> onnx.ModelProto:
     model = program.model_proto
     _strip_export_metadata(model)
     _squeeze_prelu_slopes(model)
+    _tail_on_pixel_phases(model)
     model.producer_name = "iafsr export.generator"
     model.producer_version = ""
     onnx.checker.check_model(model, full_check=True)
@@ -171,6 +272,128 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return half
 
 
+def calibration_faces(cache: Path = DEFAULT_CACHE, count: int = CALIBRATION_FACES,
+                      seed: int = CALIBRATION_SEED) -> tuple[np.ndarray, dict]:
+    """``count`` faces of the training split of the UTKFace pool (the rows ``training.train`` trains on),
+    degraded to 16×16 as uint8 NHWC, and a description of them for the card."""
+    from training.data import load_set, split_pool, training_rows
+
+    train_rows, _ = split_pool(training_rows(cache))
+    chosen = np.sort(np.random.default_rng(seed).choice(train_rows, size=min(count, len(train_rows)), replace=False))
+    lr = degrade(np.asarray(load_set("utkface", cache).faces[chosen]))
+    description = {
+        "set": "UTKFace aligned 128×128 faces of the training split (training.data.training_rows with the "
+               "identity filter, then split_pool's training part), degraded to 16×16 by iafsr_sdk.faces.degrade",
+        "faces": int(len(chosen)),
+        "pool_faces": int(len(train_rows)),
+        "draw": f"numpy.random.default_rng({seed}).choice(training rows, {len(chosen)}, replace=False), sorted",
+        "rows_sha256": hashlib.sha256(chosen.astype("<i8").tobytes()).hexdigest(),
+        "lr_faces_sha256": hashlib.sha256(np.ascontiguousarray(lr).tobytes()).hexdigest(),
+    }
+    return lr, description
+
+
+class _CalibrationBatches:
+    """onnxruntime's calibration data reader over float32 NCHW faces, ``batch`` faces per run."""
+
+    def __init__(self, lr_nchw: np.ndarray, batch: int):
+        self._batches = [lr_nchw[start:start + batch] for start in range(0, len(lr_nchw), batch)]
+        self._range = (0, len(self._batches))
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._range = (start_index, min(end_index, len(self._batches)))
+        self._next = start_index
+
+    def get_next(self) -> dict | None:
+        if self._next >= self._range[1]:
+            return None
+        self._next += 1
+        return {INPUT_NAME: self._batches[self._next - 1]}
+
+
+def float_conv_nodes(model: onnx.ModelProto, layers: Sequence[str]) -> list[str]:
+    """Names of the Conv nodes whose weights belong to the modules ``layers`` (e.g. "blocks", "upsample.0")."""
+    names = []
+    for layer in layers:
+        found = [node.name for node in model.graph.node
+                 if node.op_type == "Conv" and node.input[1].startswith(layer + ".")]
+        if not found:
+            raise ValueError(f"no convolution belongs to layer {layer!r}")
+        names += found
+    return names
+
+
+def to_int8(model: onnx.ModelProto, lr_nchw: np.ndarray, method: str = INT8_METHOD,
+            activations: str = INT8_ACTIVATIONS, float_layers: Sequence[str] = INT8_FLOAT_LAYERS,
+            batch: int = CALIBRATION_BATCH, calibration_cache: Path | None = None) -> onnx.ModelProto:
+    """The fp32 graph quantized statically by onnxruntime in QDQ form: int8 weights per output channel,
+    ``activations`` ("uint8" or "int8") per tensor with ranges from ``method`` ("minmax", "entropy",
+    "percentile") on the calibration faces ``lr_nchw``; the convolutions of ``float_layers`` stay float32.
+    Only convolutions are quantized: onnxruntime has no integer PRelu or DepthToSpace, and an integer Add
+    would only add a rounding to the float layers around it. ``calibration_cache`` (a JSON file) keeps the
+    ranges of a first call for later calls with the same faces and method."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    reader = _CalibrationBatches(lr_nchw, batch)
+    with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()):
+        # From a file: given a ModelProto, quantize_static moves its weights out to a temporary file.
+        source, path = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+        onnx.save_model(model, source)
+        quantize_static(
+            source, path, reader, quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+            activation_type=types[activations], weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
+            nodes_to_exclude=float_conv_nodes(model, float_layers), calibrate_method=methods[method],
+            calibration_cache_path=calibration_cache,
+            # One batch per calibration pass: the histogram methods otherwise hold every activation of every
+            # face at once (about 16 MB a face). The output is quantized on the 8-bit image grid itself:
+            # [0, 1] in steps of 1/255, so it adds no rounding to the SDK's uint8 output.
+            extra_options={"CalibStridedMinMax": 1, "TensorQuantOverrides": {
+                TAIL_PHASES: [{"rmin": np.float32(0.0), "rmax": np.float32(1.0)}]}},
+        )
+        quantized = onnx.load(path)
+    _strip_export_metadata(quantized)
+    quantized.producer_name = "iafsr export.generator"
+    quantized.producer_version = ""
+    onnx.checker.check_model(quantized, full_check=True)
+    return quantized
+
+
+def int8_errors(fp32: onnx.ModelProto, int8: onnx.ModelProto, lr_nchw: np.ndarray) -> dict:
+    """Differences of the int8 graph from the fp32 graph, both clipped to [0, 1] as the SDK does."""
+    reference = np.clip(run_onnx(fp32, lr_nchw), 0, 1)
+    difference = np.abs(np.clip(run_onnx(int8, lr_nchw), 0, 1) - reference)
+    return {"mean_abs_error": float(difference.mean()), "max_abs_error": float(difference.max()),
+            "outlier_share": float((difference > INT8_OUTLIER_LEVEL).mean()),
+            "psnr_db": float(10 * np.log10(1.0 / max(float((difference ** 2).mean()), 1e-12)))}
+
+
+def check_int8(fp32: onnx.ModelProto, int8: onnx.ModelProto, lr_nchw: np.ndarray) -> dict:
+    """:func:`int8_errors` on the parity faces with their bounds; raises if a bound is broken."""
+    errors = int8_errors(fp32, int8, lr_nchw)
+    report = {"faces": int(lr_nchw.shape[0]), "reference": "the fp32 ONNX graph, outputs clipped to [0, 1]",
+              **{f"int8_{key}": value for key, value in errors.items()},
+              "int8_mean_bound": INT8_MEAN_TOLERANCE, "int8_outlier_level": INT8_OUTLIER_LEVEL,
+              "int8_outlier_share_bound": INT8_OUTLIER_SHARE}
+    log.info("int8 against fp32 on %d LFW faces: mean %.2f/255 (bound %.1f/255), max %.1f/255, %.2g of values "
+             "off by more than %.0f/255 (bound %.0e), PSNR %.1f dB", report["faces"], 255 * errors["mean_abs_error"],
+             255 * INT8_MEAN_TOLERANCE, 255 * errors["max_abs_error"], errors["outlier_share"],
+             255 * INT8_OUTLIER_LEVEL, INT8_OUTLIER_SHARE, errors["psnr_db"])
+    if not errors["mean_abs_error"] <= INT8_MEAN_TOLERANCE:
+        raise RuntimeError(f"int8 ONNX differs from fp32 by {errors['mean_abs_error']:.3g} on average "
+                           f"> {INT8_MEAN_TOLERANCE:.3g}")
+    if not errors["outlier_share"] <= INT8_OUTLIER_SHARE:
+        raise RuntimeError(f"{errors['outlier_share']:.3g} of the int8 values differ from fp32 by more than "
+                           f"{INT8_OUTLIER_LEVEL:.3g} (bound {INT8_OUTLIER_SHARE:.0e})")
+    return report
+
+
 def run_onnx(model: onnx.ModelProto, lr_nchw: np.ndarray) -> np.ndarray:
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run([OUTPUT_NAME], {INPUT_NAME: lr_nchw})[0]
@@ -178,8 +401,12 @@ def run_onnx(model: onnx.ModelProto, lr_nchw: np.ndarray) -> np.ndarray:
 
 def parity_faces(path: Path = PARITY_FACES) -> np.ndarray:
     """Real LFW faces degraded to 16×16 as float32 NCHW in [0, 1]."""
-    faces = np.load(path)
-    return np.ascontiguousarray(faces.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    return to_nchw(np.load(path))
+
+
+def to_nchw(faces: np.ndarray) -> np.ndarray:
+    """(N, 16, 16, 3) uint8 faces as float32 NCHW in [0, 1], as the SDK feeds them."""
+    return np.ascontiguousarray(faces.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
 
 
 def check_parity(generator: Generator, fp32: onnx.ModelProto, fp16: onnx.ModelProto, lr_nchw: np.ndarray) -> dict:
@@ -212,7 +439,7 @@ def check_parity(generator: Generator, fp32: onnx.ModelProto, fp16: onnx.ModelPr
 
 
 def make_card(generator: Generator, config: dict, graph: onnx.ModelProto, parity: dict, command: str,
-              metrics: dict | None) -> dict:
+              metrics: dict | None, int8: dict | None = None) -> dict:
     placeholder = bool(config.get("placeholder", False))
     parameters = sum(p.numel() for p in fold_batch_norm(generator).parameters())
     training = (
@@ -234,6 +461,8 @@ def make_card(generator: Generator, config: dict, graph: onnx.ModelProto, parity
             "upsample_blocks": len(generator.upsample),
             "channels": 64,
             "tail": "Conv 9×9 64→3",
+            "onnx_tail": "the tail computed on the 4 pixel phases of the last PixelShuffle: PRelu before the "
+                         "shuffle, Conv 5×5 256→12 at 64×64, DepthToSpace 2 (CRD); the same sums",
             "batch_norm": "folded into the preceding convolutions",
             "onnx_ops": sorted({node.op_type for node in graph.graph.node}),
             "opset": OPSET,
@@ -247,6 +476,7 @@ def make_card(generator: Generator, config: dict, graph: onnx.ModelProto, parity
         "precision": {
             "fp32": "float32 weights and compute",
             "fp16": "float16 weights and compute, float32 input and output (Cast at both ends)",
+            **({"int8": int8["summary"]} if int8 else {}),
         },
         "alignment": {
             "template": "ArcFace 5-point template scaled from 112 to 128: eye on the image's left, other eye, "
@@ -267,6 +497,7 @@ def make_card(generator: Generator, config: dict, graph: onnx.ModelProto, parity
             "onnxruntime": onnxruntime.__version__,
             "source_weights_sha256": config.get("weights_sha256"),
             "parity": parity,
+            **({"int8": {key: value for key, value in int8.items() if key != "summary"}} if int8 else {}),
         },
     }
 
@@ -281,16 +512,54 @@ def _embed_card(model: onnx.ModelProto, card: dict, precision: str) -> None:
     model.doc_string = card["summary"] + (" PLACEHOLDER weights, not trained." if card["placeholder"] else "")
 
 
+def int8_section(calibration: dict, parity: dict, method: str = INT8_METHOD, activations: str = INT8_ACTIVATIONS,
+                 float_layers: Sequence[str] = INT8_FLOAT_LAYERS, batch: int = CALIBRATION_BATCH) -> dict:
+    """What the card says about the int8 file."""
+    kept = ", ".join(float_layers) or "none"
+    return {
+        "summary": f"int8 weights (per output channel) and {activations} activations (per tensor) in QDQ form, "
+                   f"run by onnxruntime's integer kernels; float32 input and output; convolutions kept in "
+                   f"float32: {kept}. Made for CPUs (x86 with VNNI or AVX2, Arm)",
+        "quantizer": f"onnxruntime.quantization.quantize_static {onnxruntime.__version__}: QDQ, per_channel=True, "
+                     f"reduce_range=False, weight_type=QInt8, activation_type="
+                     f"{'QUInt8' if activations == 'uint8' else 'QInt8'}",
+        "calibration_method": method,
+        "calibration_batch": batch,
+        "calibration": calibration,
+        "output_range": "[0, 1] in steps of 1/255 (zero point 0): the 8-bit image grid",
+        "float_layers": list(float_layers),
+        "float_layers_reason": "measured layer by layer on the validation split of the pool (docs/usage.md): "
+                               "the 9×9 head, the residual blocks, the fuse convolution and the first upsampling "
+                               "convolution hold 14 % of the multiply-adds and most of the loss of an all-int8 "
+                               "graph; the last two upsampling convolutions and the 9×9 tail (86 %) lose least",
+        "parity": parity,
+    }
+
+
 def export(generator: Generator, config: dict, out_dir: Path, command: str,
-           metrics: dict | None = None, faces: Path = PARITY_FACES) -> dict:
-    """Write the fp32 and fp16 ONNX files and the card into ``out_dir``; return the card."""
+           metrics: dict | None = None, faces: Path = PARITY_FACES, int8: bool = False,
+           cache: Path = DEFAULT_CACHE) -> dict:
+    """Write the fp32 and fp16 ONNX files (and with ``int8`` the int8 file, calibrated on the UTKFace cache
+    under ``cache``) and the card into ``out_dir``; return the card."""
     fp32 = export_fp32(generator)
     fp16 = to_fp16(fp32)
-    parity = check_parity(generator, fp32, fp16, parity_faces(faces))
-    card = make_card(generator, config, fp32, parity, command, metrics)
+    lr_nchw = parity_faces(faces)
+    parity = check_parity(generator, fp32, fp16, lr_nchw)
+    models = [("fp32", fp32, FP32_FILE), ("fp16", fp16, FP16_FILE)]
+    int8_card = None
+    if int8:
+        calibration_lr, calibration = calibration_faces(cache)
+        quantized = to_int8(fp32, to_nchw(calibration_lr))
+        int8_card = int8_section(calibration, check_int8(fp32, quantized, lr_nchw))
+        models.append(("int8", quantized, INT8_FILE))
+    card = make_card(generator, config, fp32, parity, command, metrics, int8_card)
     out_dir.mkdir(parents=True, exist_ok=True)
+    stale = out_dir / INT8_FILE
+    if not int8 and stale.exists():
+        stale.unlink()  # an int8 file of other weights must not sit beside this card
+        log.info("removed %s (export without --int8)", stale)
     files = {}
-    for precision, model, name in (("fp32", fp32, FP32_FILE), ("fp16", fp16, FP16_FILE)):
+    for precision, model, name in models:
         _embed_card(model, card, precision)
         onnx.checker.check_model(model, full_check=True)
         path = out_dir / name
@@ -304,7 +573,7 @@ def export(generator: Generator, config: dict, out_dir: Path, command: str,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Export the generator to ONNX (fp32 + fp16) with a model card.")
+    parser = argparse.ArgumentParser(description="Export the generator to ONNX (fp32, fp16, int8) with a model card.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--weights", type=Path, help="generator weights written by training (save_generator)")
     source.add_argument("--random-init", action="store_true", help="placeholder: randomly initialised weights")
@@ -312,6 +581,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "iafsr_sdk" / "models")
     parser.add_argument("--metrics", type=Path, help="JSON of evaluation results to put in the card")
     parser.add_argument("--faces", type=Path, default=PARITY_FACES, help="(N, 16, 16, 3) uint8 faces for parity")
+    parser.add_argument("--int8", action="store_true", help="also write the int8 file, calibrated on the training "
+                        "split of the UTKFace cache (python -m training.prepare, training.filter_pool first)")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="the face caches (for --int8)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(message)s")
     log.setLevel(logging.INFO)
@@ -320,7 +592,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m export.generator " + " ".join(shlex.quote(a) for a in arguments)
     generator, config = make_generator(args.weights, args.seed)
     metrics = json.loads(args.metrics.read_text()) if args.metrics else None
-    export(generator, config, args.out, command, metrics, args.faces)
+    export(generator, config, args.out, command, metrics, args.faces, int8=args.int8, cache=args.cache)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """The ``iafsr`` command.
 
-    iafsr enhance IN OUT [--device auto|cpu|cuda] [--batch-size 64] [--model PATH] [--precision fp32|fp16]
+    iafsr enhance IN OUT [--device auto|cpu|cuda] [--batch-size 64] [--model PATH] [--precision fp32|fp16|int8]
+    iafsr enhance IN OUT --ray [ADDRESS] [--workers N] ...   (archives on Ray Data: iafsr_sdk.scale)
     iafsr info [--device ...] [--model PATH] [--json]
+    iafsr frames IN OUT [--min-face 10] [--native-size 20] [--device ...]   (camera frames: iafsr_sdk.cli_frames)
 
 ``enhance`` reads aligned low-resolution faces (PNG or JPEG; IN a file or a folder, not recursive) and writes
 128×128 faces under the same names (OUT a file or a folder). Files that cannot be read or enhanced are
 listed at the end and make the exit status 1; the others are still written. Exit status 2: bad arguments,
-or the model or device could not be set up.
+or the model or device could not be set up. OUT may not be IN nor lie inside it: the input is never written.
+With ``--ray``, IN is a folder tree or Parquet and the work runs on a Ray actor pool (``docs/scale.md``).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from .enhancer import MAX_FACE_SIDE, FaceEnhancer
+from .enhancer import MAX_FACE_SIDE, PRECISIONS, FaceEnhancer, shipped_precisions
 
 log = logging.getLogger("iafsr")
 
@@ -52,16 +55,20 @@ def write_face(path: Path, face: np.ndarray) -> None:
 
 
 def _plan(source: Path, target: Path) -> list[tuple[Path, Path]]:
-    """(input, output) file pairs; raises ValueError for unusable arguments."""
+    """(input, output) file pairs; raises ValueError for unusable arguments or an output that is an input."""
+    from .scale import check_destination
+
     if source.is_file():
         if target.is_dir() or not target.suffix:
-            return [(source, target / source.name)]
-        if target.suffix.lower() not in IMAGE_SUFFIXES:
+            target = target / source.name
+        elif target.suffix.lower() not in IMAGE_SUFFIXES:
             raise ValueError(f"OUT must be a folder or a .png / .jpg file, got {target}")
+        check_destination(source, target)
         return [(source, target)]
     if source.is_dir():
         if target.exists() and not target.is_dir():
             raise ValueError(f"IN is a folder, so OUT must be a folder; {target} is a file")
+        check_destination(source, target)
         files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise ValueError(f"no .png or .jpg files in {source}")
@@ -105,6 +112,14 @@ def _enhance_chunk(enhancer: FaceEnhancer, chunk: list[tuple[Path, Path]],
 
 
 def run_enhance(args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        from .scale import run_cli
+
+        return run_cli(args)
+    if args.workers is not None:
+        log.error("--workers needs --ray")
+        return EXIT_USAGE
+    args.batch_size = args.batch_size or 64
     try:
         pairs = _plan(Path(args.input), Path(args.output))
     except ValueError as error:
@@ -143,7 +158,8 @@ def run_info(args: argparse.Namespace) -> int:
 
     info: dict[str, Any] = {"onnxruntime": onnxruntime.__version__,
                             "available_providers": onnxruntime.get_available_providers(),
-                            "extension": build_info(), "extension_cuda": cuda_status()}
+                            "extension": build_info(), "extension_cuda": cuda_status(),
+                            "shipped_precisions": shipped_precisions()}
     status = EXIT_OK
     try:
         enhancer = FaceEnhancer(model=args.model, device=args.device, precision=args.precision)
@@ -172,12 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
     def add_model_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
         command.add_argument("--model", help="an exported .onnx generator instead of the shipped one")
-        command.add_argument("--precision", choices=["fp32", "fp16"], help="which shipped model (default fp32)")
+        command.add_argument("--precision", choices=list(PRECISIONS),
+                             help="which shipped model (default fp32; int8 is the fast CPU path)")
 
     enhance = commands.add_parser("enhance", help="super-resolve aligned low-resolution face images")
     enhance.add_argument("input", metavar="IN", help="an image file or a folder of images (.png, .jpg)")
     enhance.add_argument("output", metavar="OUT", help="an image file or a folder (created if missing)")
-    enhance.add_argument("--batch-size", type=int, default=64, help="faces per inference call (default 64)")
+    enhance.add_argument("--batch-size", type=int,
+                         help="faces per inference call (default 64; with --ray 64 per CPU actor, 256 per GPU)")
+    enhance.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                         help="run on Ray Data: a local Ray instance, or the cluster at ADDRESS (e.g. auto); "
+                              "IN a folder tree or .parquet, OUT a folder or *.parquet (pip install iafsr[scale])")
+    enhance.add_argument("--workers", type=int, help="with --ray: actors (default one per CPU or GPU)")
     enhance.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_model_options(enhance)
     enhance.set_defaults(run=run_enhance)
@@ -186,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     add_model_options(info)
     info.set_defaults(run=run_info)
+
+    from .cli_frames import add_frames_command
+
+    add_frames_command(commands, add_model_options)
     return parser
 
 
@@ -193,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s")
-    if getattr(args, "batch_size", 1) < 1:
+    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
         log.error("--batch-size must be at least 1, got %d", args.batch_size)
         return EXIT_USAGE
     return int(args.run(args))

@@ -28,14 +28,18 @@ import onnxruntime
 from .faces import HR_SIZE, LR_SIZE, resize
 from ._ext import CudaUnavailableError
 
-__all__ = ["FaceEnhancer", "ModelFileError", "MAX_FACE_SIDE"]
+__all__ = ["FaceEnhancer", "ModelFileError", "MAX_FACE_SIDE", "PRECISIONS", "shipped_precisions"]
 
 log = logging.getLogger(__name__)
 
 #: Largest accepted side of an input face, in pixels. Aligned low-resolution faces are far smaller;
 #: anything bigger is almost certainly a whole photo passed by mistake.
 MAX_FACE_SIDE = 1024
-MODEL_FILES = {"fp32": "iafsr_generator.onnx", "fp16": "iafsr_generator_fp16.onnx"}
+#: On the CPU, onnxruntime runs at most this many faces per call (see ``batch_size``).
+CPU_RUN_FACES = 8
+MODEL_FILES = {"fp32": "iafsr_generator.onnx", "fp16": "iafsr_generator_fp16.onnx",
+               "int8": "iafsr_generator_int8.onnx"}
+PRECISIONS = tuple(MODEL_FILES)
 CARD_FILE = "iafsr_generator.json"
 # Floating point faces may exceed [0, 1] by this much (rounding in the caller's arithmetic); they are clipped.
 _RANGE_SLACK = 1e-3
@@ -58,8 +62,12 @@ def _shipped_model_dir() -> Path:
 
 
 def _card_beside(path: Path) -> Path:
-    """The model card that covers ``path``: ``name.json`` beside ``name.onnx`` / ``name_fp16.onnx``."""
-    stem = path.stem[: -len("_fp16")] if path.stem.endswith("_fp16") else path.stem
+    """The model card that covers ``path``: ``name.json`` beside ``name.onnx`` / ``name_fp16.onnx`` /
+    ``name_int8.onnx``."""
+    stem = path.stem
+    for suffix in ("_fp16", "_int8"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
     return path.with_name(stem + ".json")
 
 
@@ -85,6 +93,16 @@ def _verify(model_path: Path, data: bytes, card: dict[str, Any], card_path: Path
                 )
             return str(precision)
     raise ModelFileError(f"model card {card_path} does not list {model_path.name}")
+
+
+def shipped_precisions() -> list[str]:
+    """The precisions of the shipped model installed here: listed in its card, file present."""
+    folder = _shipped_model_dir()
+    try:
+        files = _read_card(folder / CARD_FILE)["files"]
+    except ModelFileError:
+        return []
+    return [p for p in PRECISIONS if isinstance(files.get(p), dict) and (folder / MODEL_FILES[p]).is_file()]
 
 
 def _cuda_driver_present() -> bool:
@@ -123,15 +141,20 @@ class FaceEnhancer:
             there is no silent fallback to the CPU.
         providers: onnxruntime execution providers (names or ``(name, options)`` pairs), passed through
             instead of ``device``; every one asked for must be in use, else ``RuntimeError``.
-        threads: onnxruntime intra-op threads (default: onnxruntime's choice, one per physical core).
+        threads: onnxruntime intra-op threads (default: onnxruntime's choice, one per physical core, the
+            threads spinning briefly between operators). Pass fewer where other work shares the cores.
         batch_size: faces per onnxruntime call; bigger inputs are processed in chunks of this size, so
-            working memory stays bounded (on the CPU about 0.1 GB at 64, released after each call, see
-            ``memory_arena``; the output array comes on top: 48 KB per face).
-        precision: ``"fp32"`` or ``"fp16"``; picks the shipped file (default fp32). With a path it must
-            agree with the file's card when given. fp16 pays off on GPUs; on CPUs it is slower.
-        memory_arena: keep onnxruntime's CPU memory arena. It holds on to the peak of every call (1.7 GB
-            resident after batches of 64 faces, against 0.1 GB without it) and buys about 10 % of CPU
-            throughput at batch 32 to 64 (``python -m benchmarks.enhancer`` measures both). Off by default.
+            working memory stays bounded. On the CPU a call holds at most ``CPU_RUN_FACES`` (8) faces
+            whatever ``batch_size`` says: from 8 faces up onnxruntime's speed per face no longer grows, and
+            the memory it needs does (about 20 MB per face). The output array comes on top: 48 KB per face.
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``; picks the shipped file (default fp32). With a path it
+            must agree with the file's card when given. fp16 pays off on GPUs; on CPUs it is slower. int8 is
+            the fast CPU path (integer kernels; its difference from fp32 is in the model card and
+            ``docs/usage.md``); on GPUs use fp16.
+        memory_arena: keep onnxruntime's CPU memory arena (default). It holds on to the memory of the
+            largest call, bounded by ``CPU_RUN_FACES`` (0.25 GB resident in all); without it every call maps
+            and faults in fresh pages (about 9 MB per face), which took 20-30 % more CPU time per face
+            (``python -m benchmarks.enhancer`` measures both). ``False`` returns the memory after each call.
 
     The object is thread-safe (one onnxruntime session, no mutable state per call) and picklable (the
     configuration is pickled; unpickling builds a new session).
@@ -144,13 +167,13 @@ class FaceEnhancer:
         providers: Providers | None = None,
         threads: int | None = None,
         batch_size: int = 64,
-        precision: Literal["fp32", "fp16"] | None = None,
-        memory_arena: bool = False,
+        precision: Literal["fp32", "fp16", "int8"] | None = None,
+        memory_arena: bool = True,
     ) -> None:
         if model is not None and not isinstance(model, (str, os.PathLike)):
             raise TypeError(f"model must be None or a path, got {type(model).__name__}")
-        if precision not in (None, "fp32", "fp16"):
-            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"precision must be 'fp32', 'fp16' or 'int8', got {precision!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
@@ -180,8 +203,11 @@ class FaceEnhancer:
         self._check_signature()
         gpu_providers = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
         self.device = "cuda" if gpu_providers & set(self.providers) else "cpu"
+        self._run_faces = self.batch_size if self.device == "cuda" else min(self.batch_size, CPU_RUN_FACES)
         if not self.card:
             self.card = dict(self._session.get_modelmeta().custom_metadata_map)
+        if self.precision == "int8" and self.device == "cuda":
+            log.warning("the int8 model is made for CPUs (integer kernels); on CUDA use fp16")
         log.info("FaceEnhancer: %s (%s) on %s", self.model_path.name, self.precision, ", ".join(self.providers))
 
     # ----- construction -----
@@ -353,8 +379,8 @@ class FaceEnhancer:
             batch = array[None] if single else array
         count = len(batch)
         result = np.empty((count, HR_SIZE, HR_SIZE, 3), dtype=np.uint8 if output == "uint8" else np.float32)
-        for start in range(0, count, self.batch_size):
-            chunk = batch[start:start + self.batch_size]
+        for start in range(0, count, self._run_faces):
+            chunk = batch[start:start + self._run_faces]
             lr = _to_network_input(chunk, channel_order == "bgr")
             sr = self._session.run([self._output_name], {self._input_name: lr})[0]
             _to_images(sr, result[start:start + len(chunk)], channel_order == "bgr")

@@ -122,3 +122,17 @@ def test_console_script(lr_folder, tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == EXIT_OK, done.stderr
     assert len(list((tmp_path / "sr").iterdir())) == 4
+
+
+def test_int8_precision(lr_folder, tmp_path, capsys):
+    from iafsr_sdk.enhancer import FaceEnhancer
+
+    out = tmp_path / "sr"
+    assert main(["enhance", str(lr_folder), str(out), "--device", "cpu", "-q", "--precision", "int8"]) == EXIT_OK
+    expected = FaceEnhancer(device="cpu", precision="int8").enhance(read(lr_folder / "face1.png"))
+    np.testing.assert_array_equal(read(out / "face1.png"), expected)
+    capsys.readouterr()
+    assert main(["info", "--device", "cpu", "--json", "--precision", "int8"]) == EXIT_OK
+    info = json.loads(capsys.readouterr().out)
+    assert info["precision"] == "int8" and info["shipped_precisions"] == ["fp32", "fp16", "int8"]
+    assert info["model_card"]["files"]["int8"]["sha256"]

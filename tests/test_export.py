@@ -19,6 +19,7 @@ from training.models import Generator, save_generator  # noqa: E402
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHIPPED = Path(exporter.__file__).resolve().parents[1] / "iafsr_sdk" / "models"
 ALLOWED_OPS = {"Conv", "PRelu", "DepthToSpace", "Add", "Cast"}
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
 def trained_like_generator(seed: int) -> Generator:
@@ -46,10 +47,27 @@ def lr_faces() -> np.ndarray:
     return exporter.parity_faces()[:16]
 
 
+def synthetic_pool(folder: Path, count: int = 48) -> Path:
+    """A UTKFace cache as training.prepare and training.filter_pool leave it: smooth random 128×128 faces,
+    all detected and inside the photo, every row kept."""
+    rng = np.random.default_rng(5)
+    coarse = rng.integers(0, 256, (count, 8, 8, 3), dtype=np.uint8)
+    faces = coarse.repeat(16, axis=1).repeat(16, axis=2)
+    pool = folder / "utkface"
+    pool.mkdir(parents=True)
+    np.save(pool / "faces.npy", faces)
+    np.save(pool / "masks.npy", np.ones((count, 128, 128), np.uint8))
+    lines = ["row\tpath\tstatus\tscore\tvalid_fraction"] + [f"{i}\t{i}.jpg\tdetected\t0.9\t1.0" for i in range(count)]
+    (pool / "index.tsv").write_text("\n".join(lines) + "\n")
+    (pool / "keep.txt").write_text("".join(f"{i}\n" for i in range(count)))
+    (pool / "DONE").write_text("ok\n")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, lr_faces) -> dict[str, tuple[Path, Generator]]:
-    """Two exports of different generators: one through the command line (from a weights file), one through
-    :func:`export.generator.export`."""
+    """Two exports of different generators: one through the command line (from a weights file, with the int8
+    file calibrated on a synthetic training pool), one through :func:`export.generator.export`."""
     pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript (the train extra)")
     root = tmp_path_factory.mktemp("export")
     faces = root / "faces.npy"
@@ -58,7 +76,8 @@ def exported(tmp_path_factory, lr_faces) -> dict[str, tuple[Path, Generator]]:
     plain = trained_like_generator(seed=1)
     weights = root / "plain.pt"
     save_generator(weights, plain, {"method": "test"})
-    exporter.main(["--weights", str(weights), "--out", str(root / "plain"), "--faces", str(faces)])
+    exporter.main(["--weights", str(weights), "--out", str(root / "plain"), "--faces", str(faces), "--int8",
+                   "--cache", str(synthetic_pool(root / "cache"))])
 
     other = trained_like_generator(seed=2)
     exporter.export(other, {"method": "other"}, root / "api", "test", faces=faces)
@@ -114,9 +133,12 @@ def check_graph(path: Path) -> None:
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert attributes == {"blocksize": 2, "mode": b"CRD"}
     initializers = {init.name: init for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "PRelu":
-            assert list(initializers[node.input[1]].dims) == [64, 1, 1]
+    slopes = [list(initializers[node.input[1]].dims) for node in model.graph.node if node.op_type == "PRelu"]
+    assert slopes == [[64, 1, 1]] * 9 + [[256, 1, 1]]  # the last one acts before the last shuffle
+    # The output convolution runs on the 4 pixel phases before the last shuffle: 256 → 12 channels, 5×5.
+    body = [node for node in model.graph.node if node.op_type != "Cast"]
+    assert [node.op_type for node in body[-3:]] == ["PRelu", "Conv", "DepthToSpace"]
+    assert list(initializers[body[-2].input[1]].dims) == [12, 256, 5, 5]
     batch = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch.dim_param and not batch.dim_value
     for value in (model.graph.input[0], model.graph.output[0]):
@@ -136,6 +158,68 @@ def test_exported_graph(exported, lr_faces, variant, file):
     folder, _ = exported[variant]
     check_graph(folder / file)
     check_dynamic_batch(folder / file, lr_faces)
+
+
+def check_int8_graph(path: Path, float_layers: tuple[str, ...]) -> None:
+    """QDQ int8: every convolution but those of ``float_layers`` reads int8 weights, per output channel."""
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    ops = {node.op_type for node in model.graph.node}
+    assert QDQ_OPS <= ops and ops <= ALLOWED_OPS | QDQ_OPS, ops
+    initializers = {init.name: init for init in model.graph.initializer}
+    producers = {output: node for node in model.graph.node for output in node.output}
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    assert len(convs) == 18
+    for conv in convs:
+        weight = conv.input[1]
+        if weight in initializers:  # a float layer
+            assert any(weight.startswith(layer + ".") for layer in float_layers), weight
+            assert initializers[weight].data_type == onnx.TensorProto.FLOAT
+            continue
+        dequantize = producers[weight]
+        assert dequantize.op_type == "DequantizeLinear"
+        quantized, scale = initializers[dequantize.input[0]], initializers[dequantize.input[1]]
+        assert not any(quantized.name.startswith(layer + ".") for layer in float_layers), quantized.name
+        assert quantized.data_type == onnx.TensorProto.INT8
+        assert list(scale.dims) == [quantized.dims[0]]  # one scale per output channel
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.dim_value
+    for value in (model.graph.input[0], model.graph.output[0]):
+        assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_int8_file_and_card(exported, lr_faces):
+    folder, _ = exported["cli"]
+    check_int8_graph(folder / exporter.INT8_FILE, exporter.INT8_FLOAT_LAYERS)
+    check_dynamic_batch(folder / exporter.INT8_FILE, lr_faces)
+    card = json.loads((folder / exporter.CARD_FILE).read_text())
+    section = card["export"]["int8"]
+    assert section["calibration"]["faces"] == 39 and section["calibration_method"] == exporter.INT8_METHOD
+    assert section["float_layers"] == list(exporter.INT8_FLOAT_LAYERS) and "int8" in card["precision"]
+    assert section["parity"]["int8_mean_abs_error"] <= section["parity"]["int8_mean_bound"]
+    assert "int8" not in json.loads((exported["api"][0] / exporter.CARD_FILE).read_text())["files"]
+    from iafsr_sdk import FaceEnhancer
+
+    enhancer = FaceEnhancer(folder / exporter.INT8_FILE, device="cpu")
+    assert enhancer.precision == "int8"
+
+
+def test_calibration_faces_come_from_the_training_split(tmp_path):
+    cache = synthetic_pool(tmp_path, count=60)
+    faces, description = exporter.calibration_faces(cache, count=20, seed=3)
+    assert faces.shape == (20, 16, 16, 3) and faces.dtype == np.uint8
+    again, same = exporter.calibration_faces(cache, count=20, seed=3)
+    np.testing.assert_array_equal(faces, again)
+    assert description == same and description["pool_faces"] == 48  # 60 rows, 12 held out for validation
+    assert exporter.calibration_faces(cache, count=20, seed=4)[1]["rows_sha256"] != description["rows_sha256"]
+
+
+def test_float_layers_are_found_by_module_name(exported):
+    model = onnx.load(exported["cli"][0] / exporter.FP32_FILE)
+    assert len(exporter.float_conv_nodes(model, ["head", "tail", "upsample.2"])) == 3
+    assert len(exporter.float_conv_nodes(model, ["blocks", "fuse"])) == 13
+    with pytest.raises(ValueError, match="no convolution"):
+        exporter.float_conv_nodes(model, ["neck"])
 
 
 def test_fp16_file_computes_in_half(exported):
@@ -158,12 +242,21 @@ def shipped_card() -> dict:
 
 
 def test_shipped_card_matches_the_files(shipped_card):
-    assert set(shipped_card["files"]) == {"fp32", "fp16"}
+    assert set(shipped_card["files"]) == {"fp32", "fp16", "int8"}
     for entry in shipped_card["files"].values():
         data = (SHIPPED / entry["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"]
         assert len(data) == entry["bytes"]
     assert (SHIPPED / exporter.FP32_FILE).stat().st_size < 5_000_000
+
+
+def test_shipped_int8_graph(lr_faces, shipped_card):
+    check_int8_graph(SHIPPED / exporter.INT8_FILE, tuple(shipped_card["export"]["int8"]["float_layers"]))
+    check_dynamic_batch(SHIPPED / exporter.INT8_FILE, lr_faces)
+    properties = {p.key: p.value for p in onnx.load(SHIPPED / exporter.INT8_FILE).metadata_props}
+    assert properties["precision"] == "int8"
+    calibration = shipped_card["export"]["int8"]["calibration"]
+    assert calibration["set"].startswith("UTKFace") and calibration["faces"] > 0 and calibration["rows_sha256"]
 
 
 @pytest.mark.parametrize("file", [exporter.FP32_FILE, exporter.FP16_FILE])
