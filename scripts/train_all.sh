@@ -27,4 +27,5 @@ if [[ $recipe == cpu ]]; then  # a longer stage 1 for the edge-shift variant: 3 
   train stage1_shift_long stage1_shift_long stage1_shift
   train iafsr_shift_long iafsr_shift stage1_shift_long
   train srnet_shift_long srnet_shift stage1_shift_long
+  train iafsr_balanced iafsr_balanced stage1_shift_long  # the shipped model: β1 = 1000, β2 = 0.1
 fi
