@@ -153,8 +153,9 @@ class FaceEnhancer:
             ``docs/usage.md``); on GPUs use fp16.
         memory_arena: keep onnxruntime's CPU memory arena (default). It holds on to the memory of the
             largest call, bounded by ``CPU_RUN_FACES`` (0.25 GB resident in all); without it every call maps
-            and faults in fresh pages (about 9 MB per face), which took 20-30 % more CPU time per face
-            (``python -m benchmarks.enhancer`` measures both). ``False`` returns the memory after each call.
+            and faults in fresh pages (about 9 MB per face), which cost a quarter of the fp32 throughput at
+            batch 32 (``python -m benchmarks.enhancer`` measures both). ``False`` returns the memory after
+            each call.
 
     The object is thread-safe (one onnxruntime session, no mutable state per call) and picklable (the
     configuration is pickled; unpickling builds a new session).
