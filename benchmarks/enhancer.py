@@ -39,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 import onnxruntime
 
+from benchmarks import load_average, write_results
 from iafsr_sdk.enhancer import (CARD_FILE, CPU_RUN_FACES, MODEL_FILES, FaceEnhancer, _cuda_driver_present,
                                 _shipped_model_dir, _to_images, _to_network_input)
 
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"processor": features["model"] or platform.machine(), "cpu_count": os.cpu_count(),
                     "physical_cores": features["cores"], "mhz": features["mhz"], "vector_isa": features["isa"],
                     "vnni": features["vnni"], "fp32_peak_gflops": peak,
-                    "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+                    "load_average": load_average(),
                     "onnxruntime": onnxruntime.__version__, "placeholder_model": card.get("placeholder")},
     }
     log.info("CPU: %s, %d physical cores at %s MHz, %s, VNNI: %s; fp32 FMA peak %s GFLOP/s", features["model"],
@@ -368,11 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers() and _cuda_driver_present():
         log.info("== GPU (batch %d) ==", args.gpu_batch)
         results["gpu"] = gpu(faces, args.gpu_batch, args.rounds)
-    results["machine"]["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        log.info("wrote %s", args.json)
+    write_results(results, args.json)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Where CUDA works the same is measured with one GPU (single process and one GPU a
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -35,6 +34,7 @@ import numpy as np
 import onnxruntime
 from PIL import Image
 
+from benchmarks import load_average, write_results
 from iafsr_sdk.cli import _enhance_chunk
 from iafsr_sdk.enhancer import FaceEnhancer, _cuda_driver_present
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     cores = os.cpu_count() or 1
     results: dict[str, Any] = {
         "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": cores,
-                    "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+                    "load_average": load_average(),
                     "onnxruntime": onnxruntime.__version__, "ray": ray.__version__},
         "settings": {"faces": args.faces, "batch_size": args.batch_size, "rounds": args.rounds,
                      "threads": "onnxruntime intra-op threads = 1 in every contender; 1 CPU per Ray actor"},
@@ -175,11 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         if ray.is_initialized():
             ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    results["machine"]["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        log.info("wrote %s", args.json)
+    write_results(results, args.json)
 
 
 if __name__ == "__main__":

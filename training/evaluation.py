@@ -452,10 +452,11 @@ def psnr_ssim(sr_faces: np.ndarray, hr_faces: np.ndarray) -> tuple[np.ndarray, n
     psnr = 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     ssim = np.empty(len(sr))
-    for index, (x, y) in enumerate(zip(sr, hr)):
-        def blur(image):
-            return cv2.GaussianBlur(image, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
 
+    def blur(image):
+        return cv2.GaussianBlur(image, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+
+    for index, (x, y) in enumerate(zip(sr, hr)):
         mu_x, mu_y = blur(x), blur(y)
         var_x, var_y, cov = blur(x * x) - mu_x ** 2, blur(y * y) - mu_y ** 2, blur(x * y) - mu_x * mu_y
         ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
