@@ -467,14 +467,18 @@ def psnr_ssim(sr_faces: np.ndarray, hr_faces: np.ndarray) -> tuple[np.ndarray, n
 def image_quality(sr_fn: SRFunction, cache_root: Path = DEFAULT_OUT, data_root: Path = DEFAULT_DATA,
                   batch_size: int = BATCH_SIZE) -> dict:
     """Mean PSNR and SSIM of the super-resolved LFW faces of the verification protocol (the degraded side of
-    each pair) against their HR crops."""
+    each pair) against their HR crops; :func:`evaluate` reports the same from the faces it super-resolves."""
     folder = cache_dir(cache_root, "lfw")
     pairs = read_lfw_pairs(Path(data_root) / "lfw" / "pairs.txt")
     rows = pair_rows(pairs, read_cache_index(folder).paths)
     lr_rows = np.unique(rows[np.arange(len(pairs)), choose_lr_side(len(pairs))])
     hr_faces = load_faces(folder, lr_rows)
-    psnr, ssim = psnr_ssim(degrade_and_super_resolve(sr_fn, hr_faces, batch_size, desc="LFW SR"), hr_faces)
-    return {"faces": len(lr_rows), "psnr": float(psnr.mean()), "ssim": float(ssim.mean())}
+    return quality_of(degrade_and_super_resolve(sr_fn, hr_faces, batch_size, desc="LFW SR"), hr_faces)
+
+
+def quality_of(sr_faces: np.ndarray, hr_faces: np.ndarray) -> dict:
+    psnr, ssim = psnr_ssim(sr_faces, hr_faces)
+    return {"faces": len(sr_faces), "psnr": float(psnr.mean()), "ssim": float(ssim.mean())}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -518,8 +522,12 @@ def evaluate_lfw(sr_fn: SRFunction | None, recognizers: Mapping[str, EmbedFuncti
         other_rows = rows[np.arange(len(pairs)), 1 - side]
         lr_rows = np.unique(probe_rows)
         sr_rows = np.unique(rows) if seed_spread else lr_rows
-        sr_faces = degrade_and_super_resolve(sr_fn, load_faces(folder, sr_rows), batch_size, desc="LFW SR")
+        hr_faces = load_faces(folder, sr_rows)
+        sr_faces = degrade_and_super_resolve(sr_fn, hr_faces, batch_size, desc="LFW SR")
         result["lr_faces"] = len(lr_rows)
+        lr_positions = np.searchsorted(sr_rows, lr_rows)
+        result["image_quality"] = quality_of(sr_faces[lr_positions], hr_faces[lr_positions])
+        del hr_faces
     for name, embed in recognizers.items():
         hr = hr_features(folder, name, embed, batch_size)
         if sr_faces is None:
@@ -590,6 +598,8 @@ def evaluate(sr_fn: SRFunction | None, name: str, recognizers: Mapping[str, Embe
         arguments = (sr_fn, recognizers, Path(cache_root), Path(data_root), batch_size)
         if protocol == "lfw":
             result["lfw"] = evaluate_lfw(*arguments, seed_spread=seed_spread)
+            if "image_quality" in result["lfw"]:
+                result["image_quality"] = result["lfw"].pop("image_quality")
         elif protocol == "celeba":
             result["celeba"] = evaluate_celeba(*arguments)
         else:

@@ -85,7 +85,7 @@ def evaluate_cached(name: str, key: str, fingerprint: str, sr_fn: ev.SRFunction 
             path.write_text(json.dumps(saved, indent=1) + "\n")
             return saved
     result = ev.evaluate(sr_fn, name, recognizers, protocols=protocols, cache_root=cache, data_root=data)
-    if sr_fn is not None:
+    if sr_fn is not None and "image_quality" not in result:
         result["image_quality"] = ev.image_quality(sr_fn, cache, data)
     result["fingerprint"] = fingerprint
     path.parent.mkdir(parents=True, exist_ok=True)
