@@ -265,12 +265,17 @@ class FaceDetector:
         self.tile, self.overlap = int(tile), int(overlap)
         self.upscale = max(1, math.ceil(DETECTOR_FACE / self.min_face))
         model = np.frombuffer(_yunet_bytes(), dtype=np.uint8)
+        # OpenCV 5 warns on stderr, at every load, that its graph engine ignores the (default) CPU target.
+        opencv_log_level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         try:
             self._net = cv2.FaceDetectorYN.create("onnx", model, np.zeros(0, np.uint8), (320, 320),
                                                   self.score_threshold, self.nms_threshold, 5000)
         except cv2.error as error:
             raise RuntimeError(f"OpenCV {cv2.__version__} cannot load the YuNet model (needs "
                                f"opencv-python-headless >= 4.11): {error}") from error
+        finally:
+            cv2.utils.logging.setLogLevel(opencv_log_level)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:

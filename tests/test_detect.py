@@ -207,6 +207,16 @@ def test_shipped_detector_matches_its_card():
 
 
 @needs_cv2
+def test_loading_the_detector_is_silent_and_keeps_opencv_log_level(capfd):
+    import cv2
+
+    before = cv2.utils.logging.getLogLevel()
+    FaceDetector()
+    assert cv2.utils.logging.getLogLevel() == before
+    assert capfd.readouterr().err == ""
+
+
+@needs_cv2
 def test_finds_the_fixture_faces_at_full_size(detector):
     for photo, points in fixture_photos():
         faces = detector.find(photo)
