@@ -60,3 +60,15 @@ def test_restore_refuses_a_wrong_sha256(tmp_path):
     with pytest.raises(RuntimeError, match="does not have sha256"):
         restore(name, archive_path=forged, out=tmp_path / "generator.pt")
     assert not (tmp_path / "generator.pt").exists()
+
+
+def test_picture_grid_reads_archived_weights_from_the_history():
+    import numpy as np
+
+    from training.table1 import GRID_METHODS, METHODS, archived_sr
+    from training.weights import read_archive
+
+    assert set(GRID_METHODS) <= {key for _, key in METHODS}
+    key = next(key for key in GRID_METHODS if key in read_archive())
+    faces = archived_sr(key)(np.full((2, 16, 16, 3), 128, np.uint8))
+    assert faces.shape == (2, 128, 128, 3) and faces.dtype == np.uint8

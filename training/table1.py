@@ -6,9 +6,10 @@
 Writes ``results/table1.md`` and ``results/table1.json`` (rows HR-HR, Bicubic and every method; columns LFW
 ACC / VR@1 % / VR@0.1 % and CelebA rank-1 for SFace, the training F, and dlib, the held-out judge),
 ``results/fig5_gaps.png`` (mean angle and magnitude gap between F(HR) and F(SR) per method, over the LFW
-faces degraded in the verification protocol), ``results/grid.png`` (LR, Bicubic, each method, HR for a few LFW faces) and,
-with ``--learning-curve``, ``results/learning_curve.md`` / ``.png``. Each method's evaluation is kept in
-``results/eval/<method>.json`` with the sha256 of its weights, and reused while the weights are unchanged. Rows
+faces degraded in the verification protocol), ``results/grid.png`` (LR, Bicubic, the IAFSR rows, HR for a few LFW
+faces; archived weights are read back from the history for it) and, with ``--learning-curve``,
+``results/learning_curve.md`` / ``.png``. Each method's evaluation is kept in ``results/eval/<method>.json``
+with the sha256 of its weights, and reused while the weights are unchanged. Rows
 whose weights left the working tree (archived in ``results/weights.json``) keep their cached scores; to score
 one again, bring its weights back with ``python -m training.weights restore NAME``.
 """
@@ -28,7 +29,7 @@ from iafsr_sdk.faces import HR_SIZE, degrade
 from training import evaluation as ev
 from training.models import load_generator, sha256_of
 from training.prepare import DEFAULT_DATA, DEFAULT_OUT
-from training.weights import read_archive, restore_command
+from training.weights import read_archive, restore, restore_command
 
 log = logging.getLogger("training.table1")
 
@@ -50,6 +51,10 @@ METHODS = (
     ("IAFSR, edge shift, long stage 1, β1 = 1000", "iafsr_balanced"),
 )
 GRID_FACES = 6
+# The picture grid's methods (the paper's IAFSR, its edge-shift and long-stage-1 variants, the shipped model),
+# archived weights read back from the history for it.
+GRID_METHODS = {"iafsr": "IAFSR (paper)", "iafsr_shift": "edge shift", "iafsr_shift_long": "long stage 1",
+                "iafsr_balanced": "b1=1000 (shipped)"}
 
 
 def generator_sr(path: Path, batch_size: int = 128) -> ev.SRFunction:
@@ -117,6 +122,19 @@ def plot_gaps(gaps: dict, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def archived_sr(key: str) -> ev.SRFunction | None:
+    """The archived weights of ``key`` read back from the history (sha256-checked) as an SR function; None
+    with a warning where the history lacks them (a shallow clone)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            return generator_sr(restore(key, out=Path(folder) / "generator.pt"))
+        except RuntimeError as error:
+            log.warning("%s left out of the picture grid: %s", key, error)
+            return None
 
 
 def picture_grid(sr_functions: dict, cache: Path, path: Path) -> None:
@@ -263,7 +281,8 @@ def write_table(rows: list[dict], gaps: dict, methods: list[tuple[str, str]], we
             lines.append(f"| {name} | {recognizer} | {gap['mean_cosine']:.4f} | {gap['mean_angle_deg']:.2f} | "
                          f"{gap['mean_magnitude_gap']:.4f} | {gap['mean_norm_other']:.3f} | "
                          f"{gap['mean_norm_reference']:.3f} |")
-    lines += ["", "`grid.png`: LR (16×16 shown ×8), Bicubic, each method and HR for six LFW faces."]
+    lines += ["", "`grid.png`: LR (16×16 shown ×8), Bicubic, the IAFSR rows (paper, edge shift, long stage 1, "
+              "β1 = 1000: the shipped model) and HR for six LFW faces."]
     (out / "table1.md").write_text("\n".join(lines) + "\n")
     (out / "table1.json").write_text(json.dumps({"rows": rows, "fig5": gaps}, indent=1) + "\n")
 
@@ -287,15 +306,19 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = [evaluate_cached("HR-HR", "hr_hr", "hr", None, **common),
             evaluate_cached("Bicubic", "bicubic", "bicubic", ev.bicubic_sr, **common)]
-    sr_functions = {"Bicubic": ev.bicubic_sr}
+    grid_functions = {"Bicubic": ev.bicubic_sr}
     archived, methods, missing = read_archive(), [], []
     for title, key in METHODS:
         path = args.weights / key / "generator.pt"
         if path.exists():
-            sr_functions[title] = generator_sr(path)
-            rows.append(evaluate_cached(title, key, sha256_of(path), sr_functions[title], **common))
+            sr_fn = generator_sr(path)
+            rows.append(evaluate_cached(title, key, sha256_of(path), sr_fn, **common))
+            if key in GRID_METHODS:
+                grid_functions[GRID_METHODS[key]] = sr_fn
         elif key in archived and (row := cached_row(title, key, archived[key], args.out)) is not None:
             rows.append(row)
+            if key in GRID_METHODS:
+                grid_functions[GRID_METHODS[key]] = archived_sr(key)
         else:
             missing.append(key)
             continue
@@ -304,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("no weights yet for %s: their rows are left out", ", ".join(missing))
     gaps = {row["name"]: {name: row["lfw"][name]["gaps"] for name in row["recognizers"]} for row in rows[1:]}
     plot_gaps(gaps, args.out / "fig5_gaps.png")
-    picture_grid(sr_functions, args.cache, args.out / "grid.png")
+    picture_grid({title: sr_fn for title, sr_fn in grid_functions.items() if sr_fn is not None}, args.cache,
+                 args.out / "grid.png")
     write_table(rows, gaps, methods, args.weights, args.out, time.perf_counter() - started)
     log.info("wrote %s", args.out / "table1.md")
     if args.learning_curve is not None:
