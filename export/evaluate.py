@@ -44,15 +44,6 @@ def enhancer_sr(enhancer: FaceEnhancer) -> ev.SRFunction:
     return lambda lr_faces: enhancer.enhance(lr_faces)
 
 
-def lfw_probe_faces(cache: Path, data: Path) -> np.ndarray:
-    """The HR faces of the LFW protocol's degraded side (one face of each pair, each face once)."""
-    folder = ev.cache_dir(cache, "lfw")
-    pairs = ev.read_lfw_pairs(Path(data) / "lfw" / "pairs.txt")
-    rows = ev.pair_rows(pairs, ev.read_cache_index(folder).paths)
-    probes = np.unique(rows[np.arange(len(pairs)), ev.choose_lr_side(len(pairs))])
-    return ev.load_faces(folder, probes)
-
-
 def pixel_differences(enhancers: dict[str, FaceEnhancer], hr_faces: np.ndarray, batch: int = 256) -> dict:
     """Mean and largest absolute difference (0..255) of each precision's uint8 output to fp32's."""
     sums = {name: 0.0 for name in enhancers if name != "fp32"}
@@ -139,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     card = json.loads((args.models / CARD_FILE).read_text())
     enhancers = {p: FaceEnhancer(args.models / MODEL_FILES[p], device="cpu", threads=args.threads, precision=p)
                  for p in precisions}
-    pixels = pixel_differences(enhancers, lfw_probe_faces(cache, data)) if len(enhancers) > 1 else {}
+    pixels = pixel_differences(enhancers, ev.lfw_probe_faces(cache, data)) if len(enhancers) > 1 else {}
     for name, difference in pixels.items():
         log.info("%s against fp32 on %d LFW probes: mean %.3f, max %d levels of 255", name, difference["faces"],
                  difference["mean_abs_levels"], difference["max_abs_levels"])

@@ -468,12 +468,17 @@ def image_quality(sr_fn: SRFunction, cache_root: Path = DEFAULT_OUT, data_root: 
                   batch_size: int = BATCH_SIZE) -> dict:
     """Mean PSNR and SSIM of the super-resolved LFW faces of the verification protocol (the degraded side of
     each pair) against their HR crops; :func:`evaluate` reports the same from the faces it super-resolves."""
+    hr_faces = lfw_probe_faces(cache_root, data_root)
+    return quality_of(degrade_and_super_resolve(sr_fn, hr_faces, batch_size, desc="LFW SR"), hr_faces)
+
+
+def lfw_probe_faces(cache_root: Path = DEFAULT_OUT, data_root: Path = DEFAULT_DATA) -> np.ndarray:
+    """The HR faces of the LFW protocol's degraded side (one face of each pair, each face once, in cache
+    row order)."""
     folder = cache_dir(cache_root, "lfw")
     pairs = read_lfw_pairs(Path(data_root) / "lfw" / "pairs.txt")
     rows = pair_rows(pairs, read_cache_index(folder).paths)
-    lr_rows = np.unique(rows[np.arange(len(pairs)), choose_lr_side(len(pairs))])
-    hr_faces = load_faces(folder, lr_rows)
-    return quality_of(degrade_and_super_resolve(sr_fn, hr_faces, batch_size, desc="LFW SR"), hr_faces)
+    return load_faces(folder, np.unique(rows[np.arange(len(pairs)), choose_lr_side(len(pairs))]))
 
 
 def quality_of(sr_faces: np.ndarray, hr_faces: np.ndarray) -> dict:
