@@ -1,6 +1,7 @@
 """Throughput of FaceEnhancer.enhance (fp32 and int8) against bare onnxruntime sessions and torch eager.
 
     python -m benchmarks.enhancer [--json PATH] [--batches 1 32] [--rounds 5] [--threads N] [--weights PT]
+                                  [--baseline DIR]
 
 Inputs are real LFW faces degraded to 16×16 (``tests/fixtures/sdk_lfw_lr16.npy``), tiled to each batch size.
 - ``sdk`` / ``sdk_int8``: ``FaceEnhancer.enhance`` on uint8 NHWC faces, uint8 NHWC out (all conversions
@@ -9,6 +10,9 @@ Inputs are real LFW faces degraded to 16×16 (``tests/fixtures/sdk_lfw_lr16.npy`
   whole batch in one onnxruntime call instead of calls of ``CPU_RUN_FACES`` faces.
 - ``ort`` / ``ort_int8``: a bare ``InferenceSession`` with onnxruntime's stock options on the fp32 / int8 file,
   fed a pre-made float32 NCHW array; ``ort_no_arena``: fp32 without the CPU memory arena.
+- ``ort_baseline`` / ``ort_int8_baseline`` (with ``--baseline DIR``): the same bare sessions on the fp32 /
+  int8 files of another export (e.g. an earlier release's ``iafsr_sdk/models``), to measure a change of the
+  graph within one run.
 - ``torch``: the generator in eval mode under ``torch.inference_mode`` with the same weights (the shipped
   placeholder is rebuilt from its seed; trained weights need ``--weights``), float32 NCHW in and out.
 The contenders run interleaved, round after round, so background load hits them alike; each figure is the
@@ -151,12 +155,16 @@ def fp32_peak_gflops(features: dict, override: float | None) -> float | None:
 
 
 def cpu_comparison(faces: np.ndarray, batches: list[int], rounds: int, threads: int | None,
-                   card: dict, weights: Path | None, peak: float | None) -> list[dict]:
+                   card: dict, weights: Path | None, peak: float | None, baseline: Path | None = None) -> list[dict]:
     fp32, int8 = (_shipped_model_dir() / MODEL_FILES[p] for p in ("fp32", "int8"))
     cpu = ["CPUExecutionProvider"]
     bare = session(fp32, cpu, threads)
     bare_no_arena = session(fp32, cpu, threads, arena=False)
     bare_int8 = session(int8, cpu, threads)
+    baselines = {}
+    if baseline is not None:
+        baselines = {"ort_baseline": session(baseline / MODEL_FILES["fp32"], cpu, threads),
+                     "ort_int8_baseline": session(baseline / MODEL_FILES["int8"], cpu, threads)}
     run_torch = torch_generator(card, weights, threads)
     gflop_per_face = 2 * card["multiply_adds_per_face"] / 1e9
     rows = []
@@ -177,6 +185,7 @@ def cpu_comparison(faces: np.ndarray, batches: list[int], rounds: int, threads: 
         contenders.update({"ort": lambda: bare.run(None, {"lr": lr}),
                            "ort_no_arena": lambda: bare_no_arena.run(None, {"lr": lr}),
                            "ort_int8": lambda: bare_int8.run(None, {"lr": lr})})
+        contenders.update({name: (lambda s=s: s.run(None, {"lr": lr})) for name, s in baselines.items()})
         if run_torch is not None:
             contenders["torch"] = lambda: run_torch(lr)
         seconds = race(contenders, rounds, calls=1 if batch > 8 else 10)
@@ -191,6 +200,9 @@ def cpu_comparison(faces: np.ndarray, batches: list[int], rounds: int, threads: 
                     "sdk_int8_speedup": seconds["sdk"] / seconds["sdk_int8"],
                     "ort_int8_speedup": seconds["ort"] / seconds["ort_int8"],
                     "no_arena_cost_pct": 100 * (seconds["ort_no_arena"] / seconds["ort"] - 1)})
+        if baselines:
+            row.update({"ort_vs_baseline": seconds["ort_baseline"] / seconds["ort"],
+                        "ort_int8_vs_baseline": seconds["ort_int8_baseline"] / seconds["ort_int8"]})
         rows.append(row)
         log.info("batch %d:", batch)
         for name in seconds:
@@ -199,6 +211,9 @@ def cpu_comparison(faces: np.ndarray, batches: list[int], rounds: int, threads: 
                      row[f"{name}_gflops"], fraction)
         log.info("  sdk vs fastest bare fp32 %+.1f %%, int8 speed-up sdk ×%.2f, bare ×%.2f, no-arena cost %+.1f %%",
                  row["sdk_overhead_pct"], row["sdk_int8_speedup"], row["ort_int8_speedup"], row["no_arena_cost_pct"])
+        if baselines:
+            log.info("  against %s: fp32 ×%.2f, int8 ×%.2f", baseline, row["ort_vs_baseline"],
+                     row["ort_int8_vs_baseline"])
     return rows
 
 
@@ -336,6 +351,8 @@ def main(argv: list[str] | None = None) -> None:
                         "above batch 8, 10 below)")
     parser.add_argument("--threads", type=int, help="intra-op threads for onnxruntime and torch (default: theirs)")
     parser.add_argument("--weights", type=Path, help="trained generator weights for the torch baseline")
+    parser.add_argument("--baseline", type=Path, help="a folder with the fp32 and int8 files of another export, "
+                        "raced as bare sessions beside the shipped ones")
     parser.add_argument("--gpu-batch", type=int, default=256)
     parser.add_argument("--peak-gflops", type=float, help="this CPU's fp32 peak, if the estimate from "
                         "/proc/cpuinfo is wrong (e.g. one 512-bit FMA unit per core, or a turbo clock)")
@@ -358,7 +375,8 @@ def main(argv: list[str] | None = None) -> None:
              features["cores"], features["mhz"], features["isa"], features["vnni"] or "none",
              f"{peak:.0f}" if peak else "unknown")
     log.info("== FaceEnhancer fp32 / int8 vs bare onnxruntime vs torch eager (CPU, faces/s) ==")
-    results["cpu"] = cpu_comparison(faces, args.batches, args.rounds, args.threads, card, args.weights, peak)
+    results["cpu"] = cpu_comparison(faces, args.batches, args.rounds, args.threads, card, args.weights, peak,
+                                    args.baseline)
     log.info("== session variants (bare onnxruntime, CPU, batch %d) ==", max(args.batches))
     results["cpu_variants"] = cpu_variants(faces, max(args.batches), args.rounds)
     if sys.platform.startswith("linux"):

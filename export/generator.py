@@ -4,9 +4,10 @@
     python -m export.generator --random-init --seed 0 --out iafsr_sdk/models/     # placeholder weights
 
 The graph holds standard operators only: BatchNorm is folded into the convolutions, PixelShuffle is
-``DepthToSpace`` (mode CRD) and PReLU slopes are shaped (C, 1, 1). The 9×9 output convolution (64 → 3
-channels at 128×128) is computed on the four pixel phases of the last PixelShuffle instead, an exact
-rewrite that is several times faster on CPUs (:func:`_tail_on_pixel_phases`). The batch dimension is
+``DepthToSpace`` (mode CRD) and each PReLU is ``Max(x, Mul(x, slope))`` with slopes shaped (C, 1, 1)
+(:func:`_prelu_as_max`). The 9×9 output convolution (64 → 3 channels at 128×128) is computed on the four
+pixel phases of the last PixelShuffle instead, an exact rewrite that is several times faster on CPUs
+(:func:`_tail_on_pixel_phases`). The batch dimension is
 dynamic; height and width are fixed at 16 in, 128 out.
 
 All files take and return float32 NCHW RGB in [0, 1] (output not clipped). The fp16 file stores weights and
@@ -17,7 +18,8 @@ Before anything is written, both graphs are checked against torch on real LFW fa
 (``tests/fixtures/sdk_lfw_lr16.npy``): fp32 within ``FP32_TOLERANCE``; fp16 within twice the error that
 torch's own float16 run of the same weights makes against its float32 run (at least ``FP16_FLOOR``).
 The int8 file is the fp32 graph quantized by onnxruntime (static, QDQ: int8 weights per output channel,
-uint8 activations per tensor), calibrated on aligned faces of the training split of the UTKFace pool degraded
+uint8 activations per tensor; a PReLU between two integer convolutions runs on the 8-bit values,
+:func:`_prelu_on_quantized`), calibrated on aligned faces of the training split of the UTKFace pool degraded
 to 16×16 by the SDK's own ``degrade`` (never on LFW or CelebA). Layers named in ``INT8_FLOAT_LAYERS`` stay
 float32. It is checked against the fp32 ONNX graph on the same LFW faces: mean absolute error within
 ``INT8_MEAN_TOLERANCE``, and no more than ``INT8_OUTLIER_SHARE`` of the values off by more than
@@ -218,6 +220,148 @@ def _tail_on_pixel_phases(model: onnx.ModelProto) -> None:
     del graph.value_info[:]
 
 
+def _prelu_before_shuffles(model: onnx.ModelProto) -> None:
+    """Move each PRelu that follows a DepthToSpace (CRD) before it, each slope repeated r² times: the same
+    values, and the int8 file can then apply the PReLU to the convolution's 8-bit output directly."""
+    graph = model.graph
+    producer = {node.output[0]: node for node in graph.node}
+    consumers = [name for node in graph.node for name in node.input]
+    initializers = {init.name: init for init in graph.initializer}
+    for prelu in [node for node in graph.node if node.op_type == "PRelu"]:
+        shuffle = producer.get(prelu.input[0])
+        if shuffle is None or shuffle.op_type != "DepthToSpace" or consumers.count(shuffle.output[0]) != 1:
+            continue
+        attributes = {a.name: helper.get_attribute_value(a) for a in shuffle.attribute}
+        if attributes.get("mode", b"DCR") != b"CRD" or prelu.input[1] not in initializers:
+            continue
+        r = int(attributes["blocksize"])
+        slopes = numpy_helper.to_array(initializers[prelu.input[1]]).reshape(-1)
+        initializers[prelu.input[1]].CopyFrom(numpy_helper.from_array(
+            np.repeat(slopes, r * r).reshape(-1, 1, 1).astype(np.float32), prelu.input[1]))
+        before, after = shuffle.input[0], prelu.output[0]
+        prelu.input[0], prelu.output[0] = before, after + "_phases"
+        shuffle.input[0], shuffle.output[0] = after + "_phases", after
+        position = list(graph.node).index(shuffle)
+        graph.node.remove(prelu)
+        graph.node.insert(position, prelu)
+    del graph.value_info[:]
+
+
+def _prelu_as_max(model: onnx.ModelProto) -> None:
+    """Write each PRelu whose slopes all lie in [0, 1] as Max(x, Mul(x, slope)): the same values bit for bit
+    (for such a slope, slope·x is the larger of the two exactly when x < 0), and onnxruntime's CPU PRelu
+    kernel with a (C, 1, 1) slope is about 20 times slower than its Mul and Max (it took 40 % of the int8
+    file's time). Slopes outside [0, 1] keep the PRelu."""
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        slope = initializers.get(node.input[1]) if node.op_type == "PRelu" else None
+        values = numpy_helper.to_array(slope) if slope is not None else None
+        if values is None or values.min() < 0 or values.max() > 1:
+            nodes.append(node)
+            continue
+        negative = node.output[0] + "_negative"
+        nodes += [helper.make_node("Mul", [node.input[0], node.input[1]], [negative], name=node.name + "_negative"),
+                  helper.make_node("Max", [node.input[0], negative], [node.output[0]], name=node.name)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _prelu_on_quantized(model: onnx.ModelProto) -> None:
+    """Run each Max(x, Mul(x, slope)) that sits between an integer convolution and the next on the 8-bit
+    values: two QLinearMul onto the grid that calibration chose for the PReLU's output (one by the slopes,
+    one by 1) and an 8-bit Max. As the grid's scale is positive, the larger quantized value is the quantized
+    larger value, so this is QuantizeLinear(PReLU(x)) up to the rounding of the slopes to 8 bits; it replaces
+    a float pass of dequantize, Mul, Max and quantize over the largest tensor of the graph (256 × 64 × 64 a
+    face). Keeping the output's own grid matters: on the convolution's wider grid, the 8-bit values that the
+    next convolution reads grow, and onnxruntime's uint8 × int8 kernel then saturates. A DepthToSpace between
+    the Max and the quantization moves onto the 8-bit values too, as Reshape, Transpose, Reshape (onnxruntime
+    has no integer DepthToSpace)."""
+    graph = model.graph
+    shapes = {value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
+              for value in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    producer = {name: node for node in graph.node for name in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    initializers = {init.name: init for init in graph.initializer}
+    for maximum in [node for node in graph.node if node.op_type == "Max"]:
+        x, negative = maximum.input
+        dequantize, multiply = producer.get(x), producer.get(negative)
+        after = consumers.get(maximum.output[0], [])
+        shuffle = after[0] if len(after) == 1 and after[0].op_type == "DepthToSpace" else None
+        if shuffle is not None:
+            after = consumers.get(shuffle.output[0], [])
+        if (dequantize is None or dequantize.op_type != "DequantizeLinear" or multiply is None
+                or multiply.op_type != "Mul" or multiply.input[0] != x or multiply.input[1] not in initializers
+                or len(after) != 1 or after[0].op_type != "QuantizeLinear"):
+            continue
+        quantize = after[0]
+        x_q, scale, zero_point = dequantize.input
+        out_scale, out_zero_point = quantize.input[1], quantize.input[2]
+        dtype = numpy_helper.to_array(initializers[zero_point]).dtype
+        slopes = numpy_helper.to_array(initializers[multiply.input[1]])
+        slope_scale = np.float32(max(float(slopes.max()), 1e-8) / np.iinfo(dtype).max)
+        name = maximum.name
+        graph.initializer.extend([
+            # (1, C, 1, 1): onnxruntime's layout optimiser transposes a 4-d constant along with the tensor.
+            numpy_helper.from_array(np.round(slopes / slope_scale).astype(dtype).reshape(1, -1, 1, 1),
+                                    name + "_slopes"),
+            numpy_helper.from_array(np.array(slope_scale, np.float32), name + "_slopes_scale"),
+            numpy_helper.from_array(np.array(0, dtype), name + "_zero"),
+            numpy_helper.from_array(np.array(1, dtype), name + "_one"),
+            numpy_helper.from_array(np.array(1, np.float32), name + "_one_scale"),
+        ])
+        replacement = [
+            helper.make_node("QLinearMul", [x_q, scale, zero_point, name + "_slopes", name + "_slopes_scale",
+                                            name + "_zero", out_scale, out_zero_point], [name + "_negative_q"],
+                             name=name + "_negative", domain="com.microsoft"),
+            helper.make_node("QLinearMul", [x_q, scale, zero_point, name + "_one", name + "_one_scale",
+                                            name + "_zero", out_scale, out_zero_point], [name + "_positive_q"],
+                             name=name + "_positive", domain="com.microsoft"),
+            helper.make_node("Max", [name + "_positive_q", name + "_negative_q"],
+                             [quantize.output[0] if shuffle is None else name + "_q"], name=name),
+        ]
+        if shuffle is not None:
+            replacement += _depth_to_space_by_transpose(shuffle, shapes[shuffle.input[0]], name + "_q",
+                                                        quantize.output[0], graph)
+        if len(consumers[x]) == 2:
+            graph.node.remove(dequantize)
+        position = list(graph.node).index(multiply)
+        for node in (multiply, maximum, quantize) + ((shuffle,) if shuffle is not None else ()):
+            graph.node.remove(node)
+        for node in reversed(replacement):
+            graph.node.insert(position, node)
+    used = {name for node in graph.node for name in node.input}
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)
+    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def _depth_to_space_by_transpose(shuffle: onnx.NodeProto, shape: list[int], source: str, target: str,
+                                 graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """DepthToSpace (CRD) of ``source`` (N, C·r², H, W) into ``target`` as Reshape → Transpose → Reshape,
+    operators that onnxruntime runs on 8-bit tensors; the batch dimension stays free (0 copies it)."""
+    attributes = {a.name: helper.get_attribute_value(a) for a in shuffle.attribute}
+    r = int(attributes["blocksize"])
+    if attributes.get("mode", b"DCR") != b"CRD" or len(shape) != 4 or 0 in shape[1:]:
+        raise ValueError(f"cannot write {shuffle.name} ({attributes}, input {shape}) as a transpose")
+    channels, height, width = shape[1] // (r * r), shape[2], shape[3]
+    split, joined = shuffle.name + "_split", shuffle.name + "_joined"
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array([0, channels, r, r, height, width], np.int64), split + "_shape"),
+        numpy_helper.from_array(np.array([0, channels, height * r, width * r], np.int64), joined + "_shape"),
+    ])
+    return [
+        helper.make_node("Reshape", [source, split + "_shape"], [split], name=split),
+        helper.make_node("Transpose", [split], [joined], name=shuffle.name, perm=[0, 1, 4, 2, 5, 3]),
+        helper.make_node("Reshape", [joined, joined + "_shape"], [target], name=joined),
+    ]
+
+
 def export_fp32(generator: Generator) -> onnx.ModelProto:
     """The BN-folded generator as an ONNX graph with a dynamic batch dimension."""
     folded = fold_batch_norm(generator).eval()
@@ -240,6 +384,8 @@ def export_fp32(generator: Generator) -> onnx.ModelProto:
     _strip_export_metadata(model)
     _squeeze_prelu_slopes(model)
     _tail_on_pixel_phases(model)
+    _prelu_before_shuffles(model)
+    _prelu_as_max(model)
     model.producer_name = "iafsr export.generator"
     model.producer_version = ""
     onnx.checker.check_model(model, full_check=True)
@@ -358,6 +504,7 @@ def to_int8(model: onnx.ModelProto, lr_nchw: np.ndarray, method: str = INT8_METH
                 TAIL_PHASES: [{"rmin": np.float32(0.0), "rmax": np.float32(1.0)}]}},
         )
         quantized = onnx.load(path)
+    _prelu_on_quantized(quantized)
     _strip_export_metadata(quantized)
     quantized.producer_name = "iafsr export.generator"
     quantized.producer_version = ""
@@ -461,8 +608,10 @@ def make_card(generator: Generator, config: dict, graph: onnx.ModelProto, parity
             "upsample_blocks": len(generator.upsample),
             "channels": 64,
             "tail": "Conv 9×9 64→3",
-            "onnx_tail": "the tail computed on the 4 pixel phases of the last PixelShuffle: PRelu before the "
+            "onnx_tail": "the tail computed on the 4 pixel phases of the last PixelShuffle: PReLU before the "
                          "shuffle, Conv 5×5 256→12 at 64×64, DepthToSpace 2 (CRD); the same sums",
+            "onnx_prelu": "each PReLU with slopes in [0, 1] as Max(x, Mul(x, slope)), the same values; the "
+                          "upsampling blocks' PReLUs before their shuffles, each slope repeated 4 times",
             "batch_norm": "folded into the preceding convolutions",
             "onnx_ops": sorted({node.op_type for node in graph.graph.node}),
             "opset": OPSET,
@@ -519,7 +668,9 @@ def int8_section(calibration: dict, parity: dict, method: str = INT8_METHOD, act
     return {
         "summary": f"int8 weights (per output channel) and {activations} activations (per tensor) in QDQ form, "
                    f"run by onnxruntime's integer kernels; float32 input and output; convolutions kept in "
-                   f"float32: {kept}. Made for CPUs (x86 with VNNI or AVX2, Arm)",
+                   f"float32: {kept}; a PReLU between two integer convolutions runs on the 8-bit values "
+                   f"(com.microsoft.QLinearMul by the slopes and by 1, Max; a PixelShuffle between them as "
+                   f"Reshape, Transpose, Reshape). Made for CPUs (x86 with VNNI or AVX2, Arm)",
         "quantizer": f"onnxruntime.quantization.quantize_static {onnxruntime.__version__}: QDQ, per_channel=True, "
                      f"reduce_range=False, weight_type=QInt8, activation_type="
                      f"{'QUInt8' if activations == 'uint8' else 'QInt8'}",

@@ -18,8 +18,8 @@ from training.models import Generator, save_generator  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHIPPED = Path(exporter.__file__).resolve().parents[1] / "iafsr_sdk" / "models"
-ALLOWED_OPS = {"Conv", "PRelu", "DepthToSpace", "Add", "Cast"}
-QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+ALLOWED_OPS = {"Conv", "Mul", "Max", "DepthToSpace", "Add", "Cast"}  # PReLU as Max(x, Mul(x, slope))
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearMul", "Reshape", "Transpose"}
 
 
 def trained_like_generator(seed: int) -> Generator:
@@ -133,11 +133,11 @@ def check_graph(path: Path) -> None:
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert attributes == {"blocksize": 2, "mode": b"CRD"}
     initializers = {init.name: init for init in model.graph.initializer}
-    slopes = [list(initializers[node.input[1]].dims) for node in model.graph.node if node.op_type == "PRelu"]
-    assert slopes == [[64, 1, 1]] * 9 + [[256, 1, 1]]  # the last one acts before the last shuffle
+    slopes = [list(initializers[node.input[1]].dims) for node in model.graph.node if node.op_type == "Mul"]
+    assert slopes == [[64, 1, 1]] * 7 + [[256, 1, 1]] * 3  # the upsampling PReLUs act before their shuffles
     # The output convolution runs on the 4 pixel phases before the last shuffle: 256 → 12 channels, 5×5.
     body = [node for node in model.graph.node if node.op_type != "Cast"]
-    assert [node.op_type for node in body[-3:]] == ["PRelu", "Conv", "DepthToSpace"]
+    assert [node.op_type for node in body[-3:]] == ["Max", "Conv", "DepthToSpace"]
     assert list(initializers[body[-2].input[1]].dims) == [12, 256, 5, 5]
     batch = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch.dim_param and not batch.dim_value
@@ -170,6 +170,15 @@ def check_int8_graph(path: Path, float_layers: tuple[str, ...]) -> None:
     producers = {output: node for node in model.graph.node for output in node.output}
     convs = [node for node in model.graph.node if node.op_type == "Conv"]
     assert len(convs) == 18
+    # The PReLUs after the last two upsampling convolutions run on 8-bit values (by the slopes and by 1), and
+    # the shuffle between the two as a transpose of the 8-bit tensor.
+    on_bytes = [node for node in model.graph.node if node.op_type == "QLinearMul"]
+    assert len(on_bytes) == 4 and all(node.domain == "com.microsoft" for node in on_bytes)
+    for node in on_bytes:
+        slopes = initializers[node.input[3]]
+        assert slopes.data_type == onnx.TensorProto.UINT8
+        assert list(slopes.dims) in ([1, 256, 1, 1], [])
+    assert [node.op_type for node in model.graph.node].count("DepthToSpace") == 2
     for conv in convs:
         weight = conv.input[1]
         if weight in initializers:  # a float layer
@@ -230,8 +239,85 @@ def test_fp16_file_computes_in_half(exported):
 
 def test_slopes_of_each_layer_are_kept(exported):
     model = onnx.load(exported["cli"][0] / exporter.FP32_FILE)
-    slopes = {node.input[1] for node in model.graph.node if node.op_type == "PRelu"}
+    slopes = {node.input[1] for node in model.graph.node if node.op_type == "Mul"}
     assert len(slopes) == 10  # head, six residual blocks, three upsampling blocks
+
+
+def prelu_graph(slopes: np.ndarray) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = [None, len(slopes), 4, 4]
+    graph = helper.make_graph(
+        [helper.make_node("PRelu", ["x", "slopes"], ["y"], name="prelu")], "prelu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [numpy_helper.from_array(slopes.reshape(-1, 1, 1).astype(np.float32), "slopes")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", exporter.OPSET)], ir_version=9)
+
+
+def run_graph(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def test_prelu_as_max_is_exact_and_keeps_other_slopes():
+    x = np.random.default_rng(0).normal(0, 3, (3, 5, 4, 4)).astype(np.float32)
+    x[0, 0, 0, :3] = [0.0, -0.0, 1e-30]
+    for slopes, rewritten in ((np.array([0.0, 0.25, 0.5, 1.0, 0.01]), True),
+                              (np.array([0.2, -0.1, 0.3, 0.3, 0.3]), False),
+                              (np.array([0.2, 0.1, 1.5, 0.3, 0.3]), False)):
+        model = prelu_graph(slopes)
+        expected = run_graph(model, x)
+        exporter._prelu_as_max(model)
+        assert ({node.op_type for node in model.graph.node} == {"Mul", "Max"}) == rewritten
+        np.testing.assert_array_equal(run_graph(model, x), expected)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_prelu_on_quantized_matches_the_float_prelu_within_a_step(shuffle, dtype):
+    from onnx import helper, numpy_helper
+
+    slopes = np.array([0.0, 0.1, 0.25, 0.7], np.float32)
+    model = prelu_graph(slopes)
+    exporter._prelu_as_max(model)
+    offset = 0 if dtype == np.uint8 else -128
+    scales = {"x": (0.02, 128 + offset), "y": (0.01, 40 + offset)}  # the output's own, finer grid
+    graph = model.graph
+    for name, (scale, zero_point) in scales.items():
+        graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), name + "_scale"),
+                                  numpy_helper.from_array(np.array(zero_point, dtype), name + "_zero_point")])
+    # input → Q → DQ → Max(x, Mul(x, slope)) [→ DepthToSpace] → Q → DQ → output, as the quantizer writes it
+    first, maximum = graph.node[0], graph.node[1]
+    first.input[0] = maximum.input[0] = "x_dq"
+    maximum.output[0] = "y_float"
+    graph.node.insert(0, helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero_point"], ["x_q"], name="q_x"))
+    graph.node.insert(1, helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero_point"], ["x_dq"],
+                                          name="dq_x"))
+    if shuffle:
+        maximum.output[0] = "y_phases"
+        graph.node.append(helper.make_node("DepthToSpace", ["y_phases"], ["y_float"], name="shuffle", blocksize=2,
+                                           mode="CRD"))
+        del graph.output[0].type.tensor_type.shape.dim[1:]
+        graph.output[0].type.tensor_type.shape.dim.extend(
+            [onnx.TensorShapeProto.Dimension(dim_value=v) for v in (1, 8, 8)])
+    graph.node.extend([helper.make_node("QuantizeLinear", ["y_float", "y_scale", "y_zero_point"], ["y_q"], name="q_y"),
+                       helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zero_point"], ["y"], name="dq_y")])
+    x = np.random.default_rng(1).uniform(-2.5, 2.5, (2, 4, 4, 4)).astype(np.float32)
+    expected = run_graph(model, x)
+    exporter._prelu_on_quantized(model)
+    onnx.checker.check_model(model, full_check=True)
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("QLinearMul") == 2 and "Mul" not in ops and ops.count("DequantizeLinear") == 1
+    assert ("DepthToSpace" in ops, "Transpose" in ops) == (False, shuffle)
+    got = run_graph(model, x)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 0.01 + 1e-6  # one step of the output grid at most
+    assert np.mean(got == expected) > 0.9
+    reference = np.maximum(x, slopes.reshape(-1, 1, 1) * x)
+    if shuffle:
+        reference = torch.nn.functional.pixel_shuffle(torch.from_numpy(reference), 2).numpy()
+    assert np.abs(got - np.clip(reference, -0.4, 2.15)).max() <= 0.02  # grid y: [-0.4, 2.15]
 
 
 # ----- the shipped files -----
