@@ -159,29 +159,26 @@ def _squeeze_prelu_slopes(model: onnx.ModelProto) -> None:
 def _tail_on_pixel_phases(model: onnx.ModelProto) -> None:
     """Compute the output convolution on the pixel phases of the PixelShuffle before it: same sums, exact.
 
-    The tail (9×9, 64 → 3 channels at 128×128) reads PRelu(DepthToSpace(x)). With 3 output channels it
-    wastes most of onnxruntime's CPU convolution, which computes output channels in blocks of 8 or 16: it
-    took half of the fp32 run time. Pixel (r·h + a, r·w + b) of its output only reads pixels of phases
-    (i, j) of the shuffled input, which are channels c·r² + i·r + j of x. So the same sums are one
-    convolution on x: 64·r² → 3·r² channels (colour o, phase a, b at o·r² + a·r + b), 5×5 for r = 2 and a
-    9×9 kernel, followed by a DepthToSpace (CRD) of 12 channels; the PRelu moves before the shuffle with
-    each slope repeated r² times.
+    The tail (9×9, 64 → 3 channels at 128×128) reads DepthToSpace(x), its PReLU already moved before the
+    shuffle (:func:`_prelu_before_shuffles`). With 3 output channels it wastes most of onnxruntime's CPU
+    convolution, which computes output channels in blocks of 8 or 16: it took half of the fp32 run time.
+    Pixel (r·h + a, r·w + b) of its output only reads pixels of phases (i, j) of the shuffled input, which are
+    channels c·r² + i·r + j of x. So the same sums are one convolution on x: 64·r² → 3·r² channels (colour o,
+    phase a, b at o·r² + a·r + b), 5×5 for r = 2 and a 9×9 kernel, followed by a DepthToSpace (CRD) of 12
+    channels.
     """
     graph = model.graph
     producer = {node.output[0]: node for node in graph.node}
     tail = producer[OUTPUT_NAME]
-    prelu = producer.get(tail.input[0])
-    shuffle = producer.get(prelu.input[0]) if prelu is not None else None
+    shuffle = producer.get(tail.input[0])
     consumers = [name for node in graph.node for name in node.input]
     attributes = {a.name: helper.get_attribute_value(a) for a in shuffle.attribute} if shuffle is not None else {}
-    if (tail.op_type != "Conv" or prelu.op_type != "PRelu" or shuffle.op_type != "DepthToSpace"
-            or attributes.get("mode", b"DCR") != b"CRD" or consumers.count(prelu.output[0]) != 1
+    if (tail.op_type != "Conv" or shuffle.op_type != "DepthToSpace" or attributes.get("mode", b"DCR") != b"CRD"
             or consumers.count(shuffle.output[0]) != 1):
-        raise ValueError("the graph does not end in DepthToSpace (CRD) → PRelu → Conv")
+        raise ValueError("the graph does not end in DepthToSpace (CRD) → Conv")
     initializers = {init.name: init for init in graph.initializer}
     weights = numpy_helper.to_array(initializers[tail.input[1]])
     bias = numpy_helper.to_array(initializers[tail.input[2]])
-    slopes = numpy_helper.to_array(initializers[prelu.input[1]]).reshape(-1)
     conv = {a.name: helper.get_attribute_value(a) for a in tail.attribute}
     size, r = weights.shape[-1], int(attributes["blocksize"])
     pad = size // 2
@@ -202,18 +199,16 @@ def _tail_on_pixel_phases(model: onnx.ModelProto) -> None:
                             if abs(dy) <= pad and abs(dx) <= pad:
                                 phases[a * r + b::r * r, i * r + j::r * r, u - low, v - low] = \
                                     weights[:, :, dy + pad, dx + pad]
-    for name in (tail.input[1], tail.input[2], prelu.input[1]):
+    for name in (tail.input[1], tail.input[2]):
         graph.initializer.remove(initializers[name])
     graph.initializer.extend([
-        numpy_helper.from_array(np.repeat(slopes, r * r).reshape(-1, 1, 1).astype(np.float32), prelu.input[1]),
         numpy_helper.from_array(phases, "tail.phases.weight"),
         numpy_helper.from_array(np.repeat(bias, r * r).astype(np.float32), "tail.phases.bias"),
     ])
-    for node in (shuffle, prelu, tail):
+    for node in (shuffle, tail):
         graph.node.remove(node)
     graph.node.extend([
-        helper.make_node("PRelu", [shuffle.input[0], prelu.input[1]], [prelu.output[0]], name=prelu.name),
-        helper.make_node("Conv", [prelu.output[0], "tail.phases.weight", "tail.phases.bias"], [TAIL_PHASES],
+        helper.make_node("Conv", [shuffle.input[0], "tail.phases.weight", "tail.phases.bias"], [TAIL_PHASES],
                          name=tail.name, kernel_shape=[high - low + 1] * 2, pads=[-low, -low, high, high]),
         helper.make_node("DepthToSpace", [TAIL_PHASES], [OUTPUT_NAME], name=shuffle.name, blocksize=r, mode="CRD"),
     ])
@@ -222,7 +217,8 @@ def _tail_on_pixel_phases(model: onnx.ModelProto) -> None:
 
 def _prelu_before_shuffles(model: onnx.ModelProto) -> None:
     """Move each PRelu that follows a DepthToSpace (CRD) before it, each slope repeated r² times: the same
-    values, and the int8 file can then apply the PReLU to the convolution's 8-bit output directly."""
+    values; the output convolution can then read the shuffle directly (:func:`_tail_on_pixel_phases`), and the
+    int8 file can apply the PReLU to a convolution's 8-bit output."""
     graph = model.graph
     producer = {node.output[0]: node for node in graph.node}
     consumers = [name for node in graph.node for name in node.input]
@@ -250,8 +246,8 @@ def _prelu_before_shuffles(model: onnx.ModelProto) -> None:
 def _prelu_as_max(model: onnx.ModelProto) -> None:
     """Write each PRelu whose slopes all lie in [0, 1] as Max(x, Mul(x, slope)): the same values bit for bit
     (for such a slope, slope·x is the larger of the two exactly when x < 0), and onnxruntime's CPU PRelu
-    kernel with a (C, 1, 1) slope is about 20 times slower than its Mul and Max (it took 40 % of the int8
-    file's time). Slopes outside [0, 1] keep the PRelu."""
+    kernel with a (C, 1, 1) slope is about 20 times slower than its Mul and Max (it took 42 % of the int8
+    file's time and 26 % of the fp32 file's). Slopes outside [0, 1] keep the PRelu."""
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
     nodes = []
@@ -383,8 +379,8 @@ def export_fp32(generator: Generator) -> onnx.ModelProto:
     model = program.model_proto
     _strip_export_metadata(model)
     _squeeze_prelu_slopes(model)
-    _tail_on_pixel_phases(model)
     _prelu_before_shuffles(model)
+    _tail_on_pixel_phases(model)
     _prelu_as_max(model)
     model.producer_name = "iafsr export.generator"
     model.producer_version = ""
