@@ -39,24 +39,47 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "iafsr_sdk" / "models"
 
 
-def enhancer_sr(enhancer: FaceEnhancer) -> ev.SRFunction:
-    """``enhancer`` as the evaluation's SR function: (N, 16, 16, 3) uint8 → (N, 128, 128, 3) uint8."""
-    return lambda lr_faces: enhancer.enhance(lr_faces)
+class ProbeRecorder:
+    """``enhancer`` as the evaluation's SR function ((N, 16, 16, 3) uint8 → (N, 128, 128, 3) uint8) that keeps
+    its outputs of the LFW probes, keyed by the bytes of the LR face, so that the differences between
+    precisions come from the evaluation's own pass."""
+
+    def __init__(self, enhancer: FaceEnhancer, probe_keys: set[bytes]):
+        self.enhancer, self.probe_keys, self.outputs = enhancer, probe_keys, {}
+
+    def __call__(self, lr_faces: np.ndarray) -> np.ndarray:
+        result = self.enhancer.enhance(lr_faces)
+        for face, output in zip(lr_faces, result):
+            key = face.tobytes()
+            if key in self.probe_keys:
+                self.outputs[key] = output
+        return result
+
+    def cover(self, lr_probes: np.ndarray, batch: int = 256) -> None:
+        """Run the probes that no evaluation went through (a cached row, ``--pixels-only``)."""
+        missing = lr_probes[[face.tobytes() not in self.outputs for face in lr_probes]]
+        for start in range(0, len(missing), batch):
+            self(missing[start:start + batch])
 
 
-def pixel_differences(enhancers: dict[str, FaceEnhancer], hr_faces: np.ndarray, batch: int = 256) -> dict:
+def pixel_differences(recorders: dict[str, ProbeRecorder], lr_probes: np.ndarray) -> dict:
     """Mean and largest absolute difference (0..255) of each precision's uint8 output to fp32's."""
-    sums = {name: 0.0 for name in enhancers if name != "fp32"}
-    largest = {name: 0 for name in sums}
-    for start in range(0, len(hr_faces), batch):
-        lr = degrade(hr_faces[start:start + batch])
-        reference = enhancers["fp32"].enhance(lr).astype(np.int16)
-        for name in sums:
-            difference = np.abs(enhancers[name].enhance(lr).astype(np.int16) - reference)
-            sums[name] += float(difference.sum())
-            largest[name] = max(largest[name], int(difference.max()))
-    return {name: {"faces": len(hr_faces), "mean_abs_levels": sums[name] / hr_faces.size,
-                   "max_abs_levels": largest[name]} for name in sums}
+    for recorder in recorders.values():
+        recorder.cover(lr_probes)
+    keys = [face.tobytes() for face in lr_probes]
+    reference = recorders["fp32"].outputs
+    result = {}
+    for name, recorder in recorders.items():
+        if name == "fp32":
+            continue
+        total, largest = 0.0, 0
+        for key in keys:
+            difference = np.abs(recorder.outputs[key].astype(np.int16) - reference[key])
+            total += float(difference.sum())
+            largest = max(largest, int(difference.max()))
+        result[name] = {"faces": len(keys), "mean_abs_levels": total / (len(keys) * reference[keys[0]].size),
+                        "max_abs_levels": largest}
+    return result
 
 
 def make_subset(cache: Path, data: Path, out: Path, count: int) -> tuple[Path, Path]:
@@ -128,22 +151,26 @@ def main(argv: list[str] | None = None) -> None:
         cache, data = make_subset(cache, data, args.out / "subset", args.subset)
     precisions = list(dict.fromkeys(["fp32", *args.precisions]))
     card = json.loads((args.models / CARD_FILE).read_text())
-    enhancers = {p: FaceEnhancer(args.models / MODEL_FILES[p], device="cpu", threads=args.threads, precision=p)
-                 for p in precisions}
-    pixels = pixel_differences(enhancers, ev.lfw_probe_faces(cache, data)) if len(enhancers) > 1 else {}
-    for name, difference in pixels.items():
-        log.info("%s against fp32 on %d LFW probes: mean %.3f, max %d levels of 255", name, difference["faces"],
-                 difference["mean_abs_levels"], difference["max_abs_levels"])
+    hr_probes = ev.lfw_probe_faces(cache, data)
+    lr_probes = np.concatenate([degrade(hr_probes[start:start + 256]) for start in range(0, len(hr_probes), 256)])
+    del hr_probes
+    probe_keys = {face.tobytes() for face in lr_probes}
+    recorders = {p: ProbeRecorder(FaceEnhancer(args.models / MODEL_FILES[p], device="cpu", threads=args.threads,
+                                               precision=p), probe_keys) for p in precisions}
     rows = []
     if not args.pixels_only:
         recognizers = ev.load_recognizers()
         method = (card.get("metrics") or {}).get("name") or card.get("name", "model")
-        for precision, enhancer in enhancers.items():
+        for precision, recorder in recorders.items():
             if precision not in args.precisions:
                 continue
-            sha = hashlib.sha256(enhancer.model_path.read_bytes()).hexdigest()
-            rows.append(evaluate_cached(f"{method}, ONNX {precision}", f"onnx_{precision}", sha,
-                                        enhancer_sr(enhancer), recognizers, cache, data, args.out))
+            sha = hashlib.sha256(recorder.enhancer.model_path.read_bytes()).hexdigest()
+            rows.append(evaluate_cached(f"{method}, ONNX {precision}", f"onnx_{precision}", sha, recorder,
+                                        recognizers, cache, data, args.out))
+    pixels = pixel_differences(recorders, lr_probes) if len(recorders) > 1 else {}
+    for name, difference in pixels.items():
+        log.info("%s against fp32 on %d LFW probes: mean %.3f, max %d levels of 255", name, difference["faces"],
+                 difference["mean_abs_levels"], difference["max_abs_levels"])
     command = "python -m export.evaluate " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     write_report(rows, pixels, args, command.strip(), time.perf_counter() - started)
 

@@ -369,3 +369,34 @@ def test_shipped_model_matches_its_source_weights(lr_faces, shipped_card):
     with torch.no_grad():
         reference = generator(torch.from_numpy(lr_faces)).numpy()
     assert np.abs(run(SHIPPED / exporter.FP32_FILE, lr_faces) - reference).max() <= 1e-4
+
+
+class OffsetEnhancer:
+    """Stands in for FaceEnhancer: the LR face upsampled by repetition, plus a fixed offset; counts calls."""
+
+    def __init__(self, offset: int):
+        self.offset, self.faces_seen = offset, 0
+
+    def enhance(self, lr: np.ndarray) -> np.ndarray:
+        self.faces_seen += len(lr)
+        return np.clip(lr.repeat(8, 1).repeat(8, 2).astype(np.int16) + self.offset, 0, 255).astype(np.uint8)
+
+
+def test_precision_differences_come_from_the_evaluation_pass():
+    from export.evaluate import ProbeRecorder, pixel_differences
+
+    rng = np.random.default_rng(0)
+    probes = rng.integers(10, 240, (5, 16, 16, 3), dtype=np.uint8)
+    others = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    keys = {face.tobytes() for face in probes}
+    recorders = {name: ProbeRecorder(OffsetEnhancer(offset), keys) for name, offset in
+                 (("fp32", 0), ("fp16", 1), ("int8", -4))}
+    recorders["fp32"](np.concatenate([probes[:3], others]))  # an evaluation pass met part of the probes
+    recorders["int8"](probes)
+    differences = pixel_differences(recorders, probes)
+    assert recorders["fp32"].enhancer.faces_seen == 6 + 2  # only the two probes it had not met
+    assert recorders["int8"].enhancer.faces_seen == 5
+    assert recorders["fp16"].enhancer.faces_seen == 5
+    assert len(recorders["fp32"].outputs) == 5  # faces outside the probes are not kept
+    assert differences == {"fp16": {"faces": 5, "mean_abs_levels": 1.0, "max_abs_levels": 1},
+                           "int8": {"faces": 5, "mean_abs_levels": 4.0, "max_abs_levels": 4}}

@@ -314,15 +314,14 @@ def main(argv: list[str] | None = None) -> None:
         if path.exists():
             sr_fn = generator_sr(path)
             rows.append(evaluate_cached(title, key, sha256_of(path), sr_fn, **common))
-            if key in GRID_METHODS:
-                grid_functions[GRID_METHODS[key]] = sr_fn
         elif key in archived and (row := cached_row(title, key, archived[key], args.out)) is not None:
             rows.append(row)
-            if key in GRID_METHODS:
-                grid_functions[GRID_METHODS[key]] = archived_sr(key)
+            sr_fn = archived_sr(key) if key in GRID_METHODS else None
         else:
             missing.append(key)
             continue
+        if key in GRID_METHODS:
+            grid_functions[GRID_METHODS[key]] = sr_fn
         methods.append((title, key))
     if missing:
         log.warning("no weights yet for %s: their rows are left out", ", ".join(missing))
