@@ -50,12 +50,14 @@ METHODS = (
     ("IAFSR, edge shift, long stage 1", "iafsr_shift_long"),
     ("IAFSR, edge shift, long stage 1, β1 = 1000", "iafsr_balanced"),
     ("IAFSR, edge shift, long stage 1, β1 = 1000, 6 epochs of stage 2", "iafsr_balanced_long"),
+    ("IAFSR, edge shift, long stage 1, β1 = 1000, 6 + 6 epochs of stage 2", "iafsr_balanced_longer"),
 )
 GRID_FACES = 6
 # The picture grid's methods (the paper's IAFSR, its edge-shift and long-stage-1 variants, the β1 = 1000 runs with
 # the shipped one last), archived weights read back from the history for it.
 GRID_METHODS = {"iafsr": "IAFSR (paper)", "iafsr_shift": "edge shift", "iafsr_shift_long": "long stage 1",
-                "iafsr_balanced": "b1=1000", "iafsr_balanced_long": "6 epochs (shipped)"}
+                "iafsr_balanced": "b1=1000", "iafsr_balanced_long": "6 epochs",
+                "iafsr_balanced_longer": "6+6 ep. (shipped)"}
 
 
 def generator_sr(path: Path, batch_size: int = 128) -> ev.SRFunction:
