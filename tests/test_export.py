@@ -19,7 +19,7 @@ from training.models import Generator, save_generator  # noqa: E402
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHIPPED = Path(exporter.__file__).resolve().parents[1] / "iafsr_sdk" / "models"
 ALLOWED_OPS = {"Conv", "Mul", "Max", "DepthToSpace", "Add", "Cast"}  # PReLU as Max(x, Mul(x, slope))
-QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearMul", "Reshape", "Transpose"}
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearMul", "Reshape", "Transpose", "Pad", "Slice", "Concat"}
 
 
 def trained_like_generator(seed: int) -> Generator:
@@ -179,6 +179,12 @@ def check_int8_graph(path: Path, float_layers: tuple[str, ...]) -> None:
         assert slopes.data_type == onnx.TensorProto.UINT8
         assert list(slopes.dims) in ([1, 256, 1, 1], [])
     assert [node.op_type for node in model.graph.node].count("DepthToSpace") == 2
+    # The output convolution runs on horizontal bands stacked along the batch axis, padded only by columns.
+    tail = producers[producers[exporter.TAIL_PHASES].input[0]] if exporter.TAIL_PHASES in producers else None
+    assert tail is not None and tail.op_type == "DequantizeLinear" and producers[tail.input[0]].op_type == "Concat"
+    assert len(producers[tail.input[0]].input) == exporter.TAIL_BANDS
+    pads = [a for a in producers[exporter.TAIL_PHASES].attribute if a.name == "pads"][0].ints
+    assert pads[0] == pads[2] == 0 and pads[1] == pads[3] > 0
     for conv in convs:
         weight = conv.input[1]
         if weight in initializers:  # a float layer
@@ -318,6 +324,49 @@ def test_prelu_on_quantized_matches_the_float_prelu_within_a_step(shuffle, dtype
     if shuffle:
         reference = torch.nn.functional.pixel_shuffle(torch.from_numpy(reference), 2).numpy()
     assert np.abs(got - np.clip(reference, -0.4, 2.15)).max() <= 0.02  # grid y: [-0.4, 2.15]
+
+
+def tail_graph(rows: int = 8) -> onnx.ModelProto:
+    """input → Q → DQ → the output convolution (5×5, padding 2) → Q → DQ, as the quantizer writes it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    initializers = [
+        numpy_helper.from_array(np.array(0.03, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(131, np.uint8), "x_zero_point"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (3, 4, 5, 5)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 3).astype(np.float32), "b"),
+        numpy_helper.from_array(np.array(0.02, np.float32), "y_scale"),
+        numpy_helper.from_array(np.array(100, np.uint8), "y_zero_point"),
+    ]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero_point"], ["x_q"], name="q_x"),
+             helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero_point"], ["x_dq"], name="dq_x"),
+             helper.make_node("Conv", ["x_dq", "w", "b"], [exporter.TAIL_PHASES], name="tail", kernel_shape=[5, 5],
+                              pads=[2, 2, 2, 2]),
+             helper.make_node("QuantizeLinear", [exporter.TAIL_PHASES, "y_scale", "y_zero_point"], ["y_q"], name="q_y"),
+             helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zero_point"], ["y"], name="dq_y")]
+    graph = helper.make_graph(nodes, "tail", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4, rows, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3, rows, 6])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", exporter.OPSET)], ir_version=9)
+
+
+@pytest.mark.parametrize("bands", [1, 2, 4])
+def test_tail_in_row_bands_is_exact(bands):
+    """The output convolution on bands of rows computes what it computed on the whole input, bit for bit,
+    for a batch of one and of three, with the rows padded by the input's zero point."""
+    model = tail_graph()
+    x = np.random.default_rng(4).uniform(-4, 4, (3, 4, 8, 6)).astype(np.float32)  # some values clip at -3.93
+    one, three = run_graph(model, x[:1]), run_graph(model, x)
+    exporter._tail_in_row_bands(model, bands)
+    onnx.checker.check_model(model, full_check=True)
+    assert [node.op_type for node in model.graph.node].count("Slice") == bands
+    assert np.array_equal(run_graph(model, x[:1]), one)
+    assert np.array_equal(run_graph(model, x), three)
+
+
+def test_tail_in_row_bands_refuses_uneven_bands():
+    with pytest.raises(ValueError, match="do not split"):
+        exporter._tail_in_row_bands(tail_graph(rows=8), 3)
 
 
 # ----- the shipped files -----
