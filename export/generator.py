@@ -265,6 +265,18 @@ def _prelu_as_max(model: onnx.ModelProto) -> None:
     graph.node.extend(nodes)
 
 
+def _graph_links(model: onnx.ModelProto) -> tuple[dict[str, list[int]], dict, dict[str, list]]:
+    """The inferred shape of each intermediate tensor, the node producing each tensor, and the nodes reading it."""
+    shapes = {value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
+              for value in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    producer = {name: node for node in model.graph.node for name in node.output}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return shapes, producer, consumers
+
+
 def _prelu_on_quantized(model: onnx.ModelProto) -> None:
     """Run each Max(x, Mul(x, slope)) that sits between an integer convolution and the next on the 8-bit
     values: two QLinearMul onto the grid that calibration chose for the PReLU's output (one by the slopes,
@@ -276,13 +288,7 @@ def _prelu_on_quantized(model: onnx.ModelProto) -> None:
     the Max and the quantization moves onto the 8-bit values too, as Reshape, Transpose, Reshape (onnxruntime
     has no integer DepthToSpace)."""
     graph = model.graph
-    shapes = {value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
-              for value in onnx.shape_inference.infer_shapes(model).graph.value_info}
-    producer = {name: node for node in graph.node for name in node.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    shapes, producer, consumers = _graph_links(model)
     initializers = {init.name: init for init in graph.initializer}
     for maximum in [node for node in graph.node if node.op_type == "Max"]:
         x, negative = maximum.input
@@ -475,19 +481,13 @@ def _tail_in_row_bands(model: onnx.ModelProto, bands: int = TAIL_BANDS) -> None:
     batch axis, and put the bands of its 8-bit output back in place: the same sums, exact.
 
     On one 64×64 face the convolution (5×5, 256 → 12 channels) took 43 % of the int8 run time; onnxruntime's
-    integer convolution runs it about twice as fast on bands of 32 or 16 rows, even on one thread (profiled),
-    and faster still on 8, although each band reads 4 rows of overlap: with 8 bands the whole model ran
-    ×1.15 faster at batch 1 than with 4 and as fast at batch 32 (same run, bare sessions, 2 cores). The input
+    profiler put it at 5.6 ms on the whole input and 2.7 ms on two bands of 32 rows, on one thread. More bands
+    were faster still at batch 1, although each band reads 4 rows of overlap: with 8 bands the whole model ran
+    ×1.15 faster than with 4, and as fast at batch 32 (one interleaved run of bare sessions, 2 cores). The input
     is padded with its zero point (the quantized 0) by the convolution's row padding, then each band reads
     its rows plus that overlap; the convolution keeps only its column padding."""
     graph = model.graph
-    shapes = {value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
-              for value in onnx.shape_inference.infer_shapes(model).graph.value_info}
-    producer = {name: node for node in graph.node for name in node.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    shapes, producer, consumers = _graph_links(model)
     conv = producer[TAIL_PHASES]
     dequantize, after = producer.get(conv.input[0]), consumers.get(TAIL_PHASES, [])
     quantize = after[0] if len(after) == 1 else None
@@ -508,15 +508,16 @@ def _tail_in_row_bands(model: onnx.ModelProto, bands: int = TAIL_BANDS) -> None:
         numpy_helper.from_array(np.array([2], np.int64), name + "_axis"),
         numpy_helper.from_array(np.array([bands, -1, channels, rows, width], np.int64), name + "_split_shape"),
         numpy_helper.from_array(np.array([-1, channels, height, width], np.int64), name + "_joined_shape"),
-        *[numpy_helper.from_array(np.array([row], np.int64), f"{name}_row{row}")
-          for row in sorted({band * rows for band in range(bands)} | {band * rows + rows + overlap
-                                                                      for band in range(bands)})],
     ])
+    for band in range(bands):
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array([band * rows], np.int64), f"{name}_start{band}"),
+            numpy_helper.from_array(np.array([band * rows + rows + overlap], np.int64), f"{name}_end{band}")])
     before = [helper.make_node("Pad", [x_q, name + "_pads", zero_point], [name + "_padded"], name=name + "_pad",
                                mode="constant")]
-    before += [helper.make_node("Slice", [name + "_padded", f"{name}_row{band * rows}",
-                                          f"{name}_row{band * rows + rows + overlap}", name + "_axis"],
-                                [f"{name}_band{band}"], name=f"{name}_slice_{band}") for band in range(bands)]
+    before += [helper.make_node("Slice", [name + "_padded", f"{name}_start{band}", f"{name}_end{band}",
+                                          name + "_axis"], [f"{name}_band{band}"], name=f"{name}_slice_{band}")
+               for band in range(bands)]
     before.append(helper.make_node("Concat", [f"{name}_band{band}" for band in range(bands)], [name + "_stacked"],
                                    name=name + "_stack", axis=0))
     # (bands·N, C, rows, W) → (bands, N, C, rows, W) → (N, C, bands, rows, W) → (N, C, H, W)

@@ -318,12 +318,12 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(evaluate_cached(title, key, sha256_of(path), sr_fn, **common))
         elif key in archived and (row := cached_row(title, key, archived[key], args.out)) is not None:
             rows.append(row)
-            sr_fn = archived_sr(key) if key in GRID_METHODS else None
+            sr_fn = None
         else:
             missing.append(key)
             continue
         if key in GRID_METHODS:
-            grid_functions[GRID_METHODS[key]] = sr_fn
+            grid_functions[GRID_METHODS[key]] = sr_fn or archived_sr(key)
         methods.append((title, key))
     if missing:
         log.warning("no weights yet for %s: their rows are left out", ", ".join(missing))
