@@ -1,7 +1,7 @@
 """Throughput of FaceEnhancer.enhance (fp32 and int8) against bare onnxruntime sessions and torch eager.
 
     python -m benchmarks.enhancer [--json PATH] [--batches 1 32] [--rounds 5] [--threads N] [--weights PT]
-                                  [--baseline DIR]
+                                  [--baseline DIR] [--profile]
 
 Inputs are real LFW faces degraded to 16×16 (``tests/fixtures/sdk_lfw_lr16.npy``), tiled to each batch size.
 - ``sdk`` / ``sdk_int8``: ``FaceEnhancer.enhance`` on uint8 NHWC faces, uint8 NHWC out (all conversions
@@ -23,7 +23,8 @@ overrides). SDK overhead = sdk time / fastest bare fp32 time - 1, within this ru
 
 Then variants of the session (optimisation level, threads, spinning, execution mode, arena, I/O binding into a
 reused output buffer, fp16, int8) against the stock one, the resident memory of processes running the SDK,
-and the share of ``enhance`` spent outside onnxruntime (what a native post-processing kernel could win).
+with ``--profile`` the time of each node of the fp32 and int8 files (onnxruntime's profiler), and the share
+of ``enhance`` spent outside onnxruntime (what a native post-processing kernel could win).
 Where CUDA works, the same at batch 256 on the GPU, fp32 and fp16, with and without I/O binding.
 """
 from __future__ import annotations
@@ -64,13 +65,16 @@ def nchw(faces: np.ndarray) -> np.ndarray:
 def race(contenders: dict[str, Callable[[], Any]], rounds: int, calls: int = 1) -> dict[str, float]:
     """Median seconds per call of each contender.
 
-    Contenders take turns, round after round, so that background load hits them alike. Each turn starts
-    with an untimed call: onnxruntime's and torch's worker threads keep spinning for a while after a call,
-    which would slow down whichever contender runs next.
+    Contenders take turns, round after round, so that background load hits them alike, in a new random order
+    each round, so that no contender always follows the same one. Each turn starts with an untimed call:
+    onnxruntime's and torch's worker threads keep spinning for a while after a call, which would slow down
+    whichever contender runs next.
     """
     times: dict[str, list[float]] = {name: [] for name in contenders}
+    rng = np.random.default_rng(0)
     for _ in range(rounds):
-        for name, run in contenders.items():
+        for name in rng.permutation(list(contenders)).tolist():
+            run = contenders[name]
             run()
             for _ in range(calls):
                 start = time.perf_counter()
@@ -343,6 +347,47 @@ def gpu(faces: np.ndarray, batch: int, rounds: int) -> list[dict]:
     return rows
 
 
+def node_profile(path: Path, lr: np.ndarray, threads: int | None, calls: int = 20) -> list[dict]:
+    """Milliseconds per call of each node of ``path`` on ``lr`` (onnxruntime's profiler, after one untimed call),
+    slowest first."""
+    import tempfile
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    with tempfile.TemporaryDirectory() as folder:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "profile")
+        profiled = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for _ in range(calls + 1):
+            profiled.run(None, {"lr": lr})
+        events = json.loads(Path(profiled.end_profiling()).read_text())
+    times: dict[tuple[str, str], list[float]] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            key = (event["name"][:-len("_kernel_time")], event["args"]["op_name"])
+            times.setdefault(key, []).append(event["dur"] / 1e3)
+    # Each node's first run is the untimed call.
+    nodes = [{"node": name, "op": op, "ms": sum(values[1:]) / calls} for (name, op), values in times.items()]
+    return sorted(nodes, key=lambda node: -node["ms"])
+
+
+def profiles(faces: np.ndarray, batches: list[int], threads: int | None, top: int = 8) -> list[dict]:
+    """Per-node times of the shipped fp32 and int8 files at each batch size; logs the slowest ``top`` nodes."""
+    rows = []
+    for batch in batches:
+        lr = nchw(tiled(faces, batch))
+        for precision in ("fp32", "int8"):
+            nodes = node_profile(_shipped_model_dir() / MODEL_FILES[precision], lr, threads)
+            total = sum(node["ms"] for node in nodes)
+            log.info("%s, batch %d: %.2f ms in %d nodes per call", precision, batch, total, len(nodes))
+            for node in nodes[:top]:
+                log.info("  %-40s %-16s %7.3f ms  %4.1f %%", node["node"], node["op"], node["ms"],
+                         100 * node["ms"] / total)
+            rows.append({"precision": precision, "batch": batch, "total_ms": total, "nodes": nodes})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="FaceEnhancer throughput against bare onnxruntime and torch.")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -356,6 +401,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu-batch", type=int, default=256)
     parser.add_argument("--peak-gflops", type=float, help="this CPU's fp32 peak, if the estimate from "
                         "/proc/cpuinfo is wrong (e.g. one 512-bit FMA unit per core, or a turbo clock)")
+    parser.add_argument("--profile", action="store_true", help="also the time of each node of the fp32 and "
+                        "int8 files at each batch size (onnxruntime's profiler)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(message)s")
     log.setLevel(logging.INFO)
@@ -382,6 +429,9 @@ def main(argv: list[str] | None = None) -> None:
     if sys.platform.startswith("linux"):
         log.info("== resident memory after batches of %d (CPU) ==", max(args.batches))
         results["memory"] = resident_memory(max(args.batches))
+    if args.profile:
+        log.info("== slowest nodes (onnxruntime's profiler, CPU) ==")
+        results["profile"] = profiles(faces, args.batches, args.threads)
     log.info("== SDK work outside onnxruntime ==")
     results["outside_onnxruntime"] = outside_onnxruntime(faces, args.batches, args.rounds)
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers() and _cuda_driver_present():

@@ -10,7 +10,9 @@ it) and is scored by the project's protocol (:func:`training.table1.evaluate_cac
 :func:`training.evaluation.evaluate`): LFW LR-HR verification (ACC, VR@FAR 1 % and 0.1 %) and CelebA rank-1
 with SFace and dlib. Each row is kept in ``<out>/eval/onnx_<precision>.json`` while the file's sha256 holds.
 Beside the rows: the mean and largest absolute difference, in 0..255 levels, of each precision's output to
-the fp32 output over the LFW probes (the degraded face of each pair). ``<out>/precision.md`` gets the table.
+the fp32 output over the LFW probes (the degraded face of each pair), from the evaluation's own pass: fp32's
+outputs of the probes are kept (at most 0.24 GB), the others' compared with them as they come.
+``<out>/precision.md`` gets the table.
 
 ``--subset N`` copies N matched and N mismatched pairs of two LFW folds and the probes of N CelebA identities
 into small caches under ``<out>/subset/`` and evaluates those: a check that the path works, not a result.
@@ -40,45 +42,48 @@ MODELS = ROOT / "iafsr_sdk" / "models"
 
 
 class ProbeRecorder:
-    """``enhancer`` as the evaluation's SR function ((N, 16, 16, 3) uint8 → (N, 128, 128, 3) uint8) that keeps
-    its outputs of the LFW probes, keyed by the bytes of the LR face, so that the differences between
-    precisions come from the evaluation's own pass."""
+    """``enhancer`` as the evaluation's SR function ((N, 16, 16, 3) uint8 → (N, 128, 128, 3) uint8) that looks
+    at its outputs of the LFW probes (keyed by the bytes of the LR face), so that the differences between
+    precisions come from the evaluation's own pass. Without ``reference`` (the fp32 recorder) it keeps those
+    outputs; with it, only each probe's mean and largest absolute difference to the reference's output, which
+    must hold that probe already (:meth:`cover` the reference first)."""
 
-    def __init__(self, enhancer: FaceEnhancer, probe_keys: set[bytes]):
-        self.enhancer, self.probe_keys, self.outputs = enhancer, probe_keys, {}
+    def __init__(self, enhancer: FaceEnhancer, probe_keys: set[bytes], reference: ProbeRecorder | None = None):
+        self.enhancer, self.probe_keys, self.reference = enhancer, probe_keys, reference
+        self.outputs: dict[bytes, np.ndarray] = {}
+        self.differences: dict[bytes, tuple[float, int]] = {}
 
     def __call__(self, lr_faces: np.ndarray) -> np.ndarray:
         result = self.enhancer.enhance(lr_faces)
         for face, output in zip(lr_faces, result):
             key = face.tobytes()
-            if key in self.probe_keys:
+            if key not in self.probe_keys:
+                continue
+            if self.reference is None:
                 self.outputs[key] = output
+            else:
+                difference = np.abs(output.astype(np.int16) - self.reference.outputs[key])
+                self.differences[key] = (float(difference.mean()), int(difference.max()))
         return result
 
     def cover(self, lr_probes: np.ndarray, batch: int = 256) -> None:
         """Run the probes that no evaluation went through (a cached row, ``--pixels-only``)."""
-        missing = lr_probes[[face.tobytes() not in self.outputs for face in lr_probes]]
+        met = self.outputs if self.reference is None else self.differences
+        missing = lr_probes[[face.tobytes() not in met for face in lr_probes]]
         for start in range(0, len(missing), batch):
             self(missing[start:start + batch])
 
 
 def pixel_differences(recorders: dict[str, ProbeRecorder], lr_probes: np.ndarray) -> dict:
     """Mean and largest absolute difference (0..255) of each precision's uint8 output to fp32's."""
-    for recorder in recorders.values():
-        recorder.cover(lr_probes)
-    keys = [face.tobytes() for face in lr_probes]
-    reference = recorders["fp32"].outputs
     result = {}
     for name, recorder in recorders.items():
-        if name == "fp32":
+        recorder.cover(lr_probes)  # fp32 comes first: the others compare with its outputs
+        if recorder.reference is None:
             continue
-        total, largest = 0.0, 0
-        for key in keys:
-            difference = np.abs(recorder.outputs[key].astype(np.int16) - reference[key])
-            total += float(difference.sum())
-            largest = max(largest, int(difference.max()))
-        result[name] = {"faces": len(keys), "mean_abs_levels": total / (len(keys) * reference[keys[0]].size),
-                        "max_abs_levels": largest}
+        means, largest = zip(*(recorder.differences[face.tobytes()] for face in lr_probes))
+        result[name] = {"faces": len(lr_probes), "mean_abs_levels": float(np.mean(means)),
+                        "max_abs_levels": max(largest)}
     return result
 
 
@@ -155,18 +160,20 @@ def main(argv: list[str] | None = None) -> None:
     lr_probes = np.concatenate([degrade(hr_probes[start:start + 256]) for start in range(0, len(hr_probes), 256)])
     del hr_probes
     probe_keys = {face.tobytes() for face in lr_probes}
-    recorders = {p: ProbeRecorder(FaceEnhancer(args.models / MODEL_FILES[p], device="cpu", threads=args.threads,
-                                               precision=p), probe_keys) for p in precisions}
+    recorders: dict[str, ProbeRecorder] = {}
+    for p in precisions:
+        enhancer = FaceEnhancer(args.models / MODEL_FILES[p], device="cpu", threads=args.threads, precision=p)
+        recorders[p] = ProbeRecorder(enhancer, probe_keys, reference=recorders.get("fp32"))
     rows = []
-    if not args.pixels_only:
-        recognizers = ev.load_recognizers()
-        method = (card.get("metrics") or {}).get("name") or card.get("name", "model")
-        for precision, recorder in recorders.items():
-            if precision not in args.precisions:
-                continue
+    recognizers = None if args.pixels_only else ev.load_recognizers()
+    method = (card.get("metrics") or {}).get("name") or card.get("name", "model")
+    for precision, recorder in recorders.items():
+        if recognizers and precision in args.precisions:
             sha = hashlib.sha256(recorder.enhancer.model_path.read_bytes()).hexdigest()
             rows.append(evaluate_cached(f"{method}, ONNX {precision}", f"onnx_{precision}", sha, recorder,
                                         recognizers, cache, data, args.out))
+        if recorder.reference is None and len(recorders) > 1:
+            recorder.cover(lr_probes)  # fp32's outputs of every probe, before the others compare with them
     pixels = pixel_differences(recorders, lr_probes) if len(recorders) > 1 else {}
     for name, difference in pixels.items():
         log.info("%s against fp32 on %d LFW probes: mean %.3f, max %d levels of 255", name, difference["faces"],

@@ -285,10 +285,9 @@ def _prelu_on_quantized(model: onnx.ModelProto) -> None:
     a float pass of dequantize, Mul, Max and quantize over the largest tensor of the graph (256 × 64 × 64 a
     face). Keeping the output's own grid matters: on the convolution's wider grid, the 8-bit values that the
     next convolution reads grow, and onnxruntime's uint8 × int8 kernel then saturates. A DepthToSpace between
-    the Max and the quantization moves onto the 8-bit values too, as Reshape, Transpose, Reshape (onnxruntime
-    has no integer DepthToSpace)."""
+    the Max and the quantization moves onto the 8-bit values too."""
     graph = model.graph
-    shapes, producer, consumers = _graph_links(model)
+    _, producer, consumers = _graph_links(model)
     initializers = {init.name: init for init in graph.initializer}
     for maximum in [node for node in graph.node if node.op_type == "Max"]:
         x, negative = maximum.input
@@ -328,8 +327,9 @@ def _prelu_on_quantized(model: onnx.ModelProto) -> None:
                              [quantize.output[0] if shuffle is None else name + "_q"], name=name),
         ]
         if shuffle is not None:
-            replacement += _depth_to_space_by_transpose(shuffle, shapes[shuffle.input[0]], name + "_q",
-                                                        quantize.output[0], graph)
+            shuffled = helper.make_node("DepthToSpace", [name + "_q"], [quantize.output[0]], name=shuffle.name)
+            shuffled.attribute.extend(shuffle.attribute)
+            replacement.append(shuffled)
         if len(consumers[x]) == 2:
             graph.node.remove(dequantize)
         position = list(graph.node).index(multiply)
@@ -342,27 +342,6 @@ def _prelu_on_quantized(model: onnx.ModelProto) -> None:
         graph.initializer.remove(init)
     if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-
-
-def _depth_to_space_by_transpose(shuffle: onnx.NodeProto, shape: list[int], source: str, target: str,
-                                 graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """DepthToSpace (CRD) of ``source`` (N, C·r², H, W) into ``target`` as Reshape → Transpose → Reshape,
-    operators that onnxruntime runs on 8-bit tensors; the batch dimension stays free (0 copies it)."""
-    attributes = {a.name: helper.get_attribute_value(a) for a in shuffle.attribute}
-    r = int(attributes["blocksize"])
-    if attributes.get("mode", b"DCR") != b"CRD" or len(shape) != 4 or 0 in shape[1:]:
-        raise ValueError(f"cannot write {shuffle.name} ({attributes}, input {shape}) as a transpose")
-    channels, height, width = shape[1] // (r * r), shape[2], shape[3]
-    split, joined = shuffle.name + "_split", shuffle.name + "_joined"
-    graph.initializer.extend([
-        numpy_helper.from_array(np.array([0, channels, r, r, height, width], np.int64), split + "_shape"),
-        numpy_helper.from_array(np.array([0, channels, height * r, width * r], np.int64), joined + "_shape"),
-    ])
-    return [
-        helper.make_node("Reshape", [source, split + "_shape"], [split], name=split),
-        helper.make_node("Transpose", [split], [joined], name=shuffle.name, perm=[0, 1, 4, 2, 5, 3]),
-        helper.make_node("Reshape", [joined, joined + "_shape"], [target], name=joined),
-    ]
 
 
 def export_fp32(generator: Generator) -> onnx.ModelProto:
@@ -480,12 +459,12 @@ def _tail_in_row_bands(model: onnx.ModelProto, bands: int = TAIL_BANDS) -> None:
     """Run the integer output convolution on ``bands`` horizontal bands of its 8-bit input, stacked along the
     batch axis, and put the bands of its 8-bit output back in place: the same sums, exact.
 
-    On one 64×64 face the convolution (5×5, 256 → 12 channels) took 43 % of the int8 run time; onnxruntime's
-    profiler put it at 5.6 ms on the whole input and 2.7 ms on two bands of 32 rows, on one thread. More bands
-    were faster still at batch 1, although each band reads 4 rows of overlap: with 8 bands the whole model ran
-    ×1.15 faster than with 4, and as fast at batch 32 (one interleaved run of bare sessions, 2 cores). The input
-    is padded with its zero point (the quantized 0) by the convolution's row padding, then each band reads
-    its rows plus that overlap; the convolution keeps only its column padding."""
+    The convolution (5×5, 256 → 12 channels at 64×64) is the slowest integer node at batch 1: onnxruntime's
+    uint8 kernel turns each output pixel's 5×5×256 inputs into one row of a matrix for only 12 output
+    channels. On bands it does so on smaller pieces (``python -m benchmarks.enhancer --baseline`` against an
+    export with ``--tail-bands 1`` measures the whole model). The input is padded with its zero point (the
+    quantized 0) by the convolution's row padding, then each band reads its rows plus that overlap; the
+    convolution keeps only its column padding."""
     graph = model.graph
     shapes, producer, consumers = _graph_links(model)
     conv = producer[TAIL_PHASES]
@@ -541,15 +520,40 @@ def _tail_in_row_bands(model: onnx.ModelProto, bands: int = TAIL_BANDS) -> None:
     del graph.value_info[:]
 
 
+def _output_shuffle_on_quantized(model: onnx.ModelProto) -> None:
+    """Move the last DepthToSpace before the DequantizeLinear that feeds it: the same values (a shuffle of a
+    per-tensor grid), moved as 8-bit values instead of float32."""
+    _, producer, consumers = _graph_links(model)
+    initializers = {init.name: init for init in model.graph.initializer}
+    shuffle = producer[OUTPUT_NAME]
+    dequantize = producer.get(shuffle.input[0])
+    moves = (shuffle.op_type == "DepthToSpace" and dequantize is not None
+             and dequantize.op_type == "DequantizeLinear" and len(consumers[shuffle.input[0]]) == 1)
+    scale = initializers.get(dequantize.input[1]) if moves else None
+    if scale is None or int(np.prod(scale.dims)) != 1:
+        raise ValueError("the graph does not end in a per-tensor DequantizeLinear → DepthToSpace")
+    quantized = dequantize.input[0]
+    shuffle.input[0], shuffle.output[0] = quantized, quantized + "_shuffled"
+    dequantize.input[0], dequantize.output[0] = quantized + "_shuffled", OUTPUT_NAME
+    nodes = list(model.graph.node)
+    nodes.remove(shuffle)
+    nodes.insert(nodes.index(dequantize), shuffle)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
 def to_int8(model: onnx.ModelProto, lr_nchw: np.ndarray, method: str = INT8_METHOD,
             activations: str = INT8_ACTIVATIONS, float_layers: Sequence[str] = INT8_FLOAT_LAYERS,
-            batch: int = CALIBRATION_BATCH, calibration_cache: Path | None = None) -> onnx.ModelProto:
+            batch: int = CALIBRATION_BATCH, calibration_cache: Path | None = None,
+            tail_bands: int = TAIL_BANDS) -> onnx.ModelProto:
     """The fp32 graph quantized statically by onnxruntime in QDQ form: int8 weights per output channel,
     ``activations`` ("uint8" or "int8") per tensor with ranges from ``method`` ("minmax", "entropy",
     "percentile") on the calibration faces ``lr_nchw``; the convolutions of ``float_layers`` stay float32.
-    Only convolutions are quantized: onnxruntime has no integer PRelu or DepthToSpace, and an integer Add
-    would only add a rounding to the float layers around it. ``calibration_cache`` (a JSON file) keeps the
-    ranges of a first call for later calls with the same faces and method."""
+    The quantizer quantizes only convolutions (onnxruntime has no integer PRelu, and an integer Add would only
+    add a rounding to the float layers around it); the PReLUs and shuffles between integer convolutions move
+    onto the 8-bit values afterwards. ``calibration_cache`` (a JSON file) keeps the
+    ranges of a first call for later calls with the same faces and method. An integer output convolution runs
+    on ``tail_bands`` row bands (1: on the whole input)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -573,7 +577,10 @@ def to_int8(model: onnx.ModelProto, lr_nchw: np.ndarray, method: str = INT8_METH
         )
         quantized = onnx.load(path)
     _prelu_on_quantized(quantized)
-    _tail_in_row_bands(quantized)
+    if "tail" not in float_layers:
+        if tail_bands > 1:
+            _tail_in_row_bands(quantized, tail_bands)
+        _output_shuffle_on_quantized(quantized)
     _strip_export_metadata(quantized)
     quantized.producer_name = "iafsr export.generator"
     quantized.producer_version = ""
@@ -731,15 +738,17 @@ def _embed_card(model: onnx.ModelProto, card: dict, precision: str) -> None:
 
 
 def int8_section(calibration: dict, parity: dict, method: str = INT8_METHOD, activations: str = INT8_ACTIVATIONS,
-                 float_layers: Sequence[str] = INT8_FLOAT_LAYERS, batch: int = CALIBRATION_BATCH) -> dict:
+                 float_layers: Sequence[str] = INT8_FLOAT_LAYERS, batch: int = CALIBRATION_BATCH,
+                 tail_bands: int = TAIL_BANDS) -> dict:
     """What the card says about the int8 file."""
     kept = ", ".join(float_layers) or "none"
     return {
         "summary": f"int8 weights (per output channel) and {activations} activations (per tensor) in QDQ form, "
                    f"run by onnxruntime's integer kernels; float32 input and output; convolutions kept in "
                    f"float32: {kept}; a PReLU between two integer convolutions runs on the 8-bit values "
-                   f"(com.microsoft.QLinearMul by the slopes and by 1, Max; a PixelShuffle between them as "
-                   f"Reshape, Transpose, Reshape). Made for CPUs (x86 with VNNI or AVX2, Arm)",
+                   f"(com.microsoft.QLinearMul by the slopes and by 1, Max), as do the last two PixelShuffles "
+                   f"(DepthToSpace on uint8); the output convolution runs on {tail_bands} row band(s). "
+                   f"Made for CPUs (x86 with VNNI or AVX2, Arm)",
         "quantizer": f"onnxruntime.quantization.quantize_static {onnxruntime.__version__}: QDQ, per_channel=True, "
                      f"reduce_range=False, weight_type=QInt8, activation_type="
                      f"{'QUInt8' if activations == 'uint8' else 'QInt8'}",
@@ -748,6 +757,7 @@ def int8_section(calibration: dict, parity: dict, method: str = INT8_METHOD, act
         "calibration": calibration,
         "output_range": "[0, 1] in steps of 1/255 (zero point 0): the 8-bit image grid",
         "float_layers": list(float_layers),
+        "output_conv_row_bands": tail_bands,
         "float_layers_reason": "measured layer by layer on the validation split of the pool (docs/usage.md): "
                                "the 9×9 head, the residual blocks, the fuse convolution and the first upsampling "
                                "convolution hold 14 % of the multiply-adds and most of the loss of an all-int8 "
@@ -758,9 +768,10 @@ def int8_section(calibration: dict, parity: dict, method: str = INT8_METHOD, act
 
 def export(generator: Generator, config: dict, out_dir: Path, command: str,
            metrics: dict | None = None, faces: Path = PARITY_FACES, int8: bool = False,
-           cache: Path = DEFAULT_CACHE) -> dict:
+           cache: Path = DEFAULT_CACHE, tail_bands: int = TAIL_BANDS) -> dict:
     """Write the fp32 and fp16 ONNX files (and with ``int8`` the int8 file, calibrated on the UTKFace cache
-    under ``cache``) and the card into ``out_dir``; return the card."""
+    under ``cache``, its output convolution on ``tail_bands`` row bands) and the card into ``out_dir``; return
+    the card."""
     fp32 = export_fp32(generator)
     fp16 = to_fp16(fp32)
     lr_nchw = parity_faces(faces)
@@ -769,8 +780,8 @@ def export(generator: Generator, config: dict, out_dir: Path, command: str,
     int8_card = None
     if int8:
         calibration_lr, calibration = calibration_faces(cache)
-        quantized = to_int8(fp32, to_nchw(calibration_lr))
-        int8_card = int8_section(calibration, check_int8(fp32, quantized, lr_nchw))
+        quantized = to_int8(fp32, to_nchw(calibration_lr), tail_bands=tail_bands)
+        int8_card = int8_section(calibration, check_int8(fp32, quantized, lr_nchw), tail_bands=tail_bands)
         models.append(("int8", quantized, INT8_FILE))
     card = make_card(generator, config, fp32, parity, command, metrics, int8_card)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -804,7 +815,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--int8", action="store_true", help="also write the int8 file, calibrated on the training "
                         "split of the UTKFace cache (python -m training.prepare, training.filter_pool first)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="the face caches (for --int8)")
+    parser.add_argument("--tail-bands", type=int, default=TAIL_BANDS,
+                        help="row bands the int8 output convolution runs on, a divisor of 64 (1: the whole input)")
     args = parser.parse_args(argv)
+    if args.tail_bands < 1 or 64 % args.tail_bands:
+        parser.error(f"--tail-bands {args.tail_bands}: not a divisor of the output convolution's 64 rows")
     logging.basicConfig(format="%(message)s")
     log.setLevel(logging.INFO)
 
@@ -812,7 +827,8 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m export.generator " + " ".join(shlex.quote(a) for a in arguments)
     generator, config = make_generator(args.weights, args.seed)
     metrics = json.loads(args.metrics.read_text()) if args.metrics else None
-    export(generator, config, args.out, command, metrics, args.faces, int8=args.int8, cache=args.cache)
+    export(generator, config, args.out, command, metrics, args.faces, int8=args.int8, cache=args.cache,
+           tail_bands=args.tail_bands)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ def synthetic_pool(folder: Path, count: int = 48) -> Path:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, lr_faces) -> dict[str, tuple[Path, Generator]]:
     """Two exports of different generators: one through the command line (from a weights file, with the int8
-    file calibrated on a synthetic training pool), one through :func:`export.generator.export`."""
+    file calibrated on a synthetic training pool, its output convolution on 4 row bands), one through
+    :func:`export.generator.export`."""
     pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript (the train extra)")
     root = tmp_path_factory.mktemp("export")
     faces = root / "faces.npy"
@@ -77,7 +78,7 @@ def exported(tmp_path_factory, lr_faces) -> dict[str, tuple[Path, Generator]]:
     weights = root / "plain.pt"
     save_generator(weights, plain, {"method": "test"})
     exporter.main(["--weights", str(weights), "--out", str(root / "plain"), "--faces", str(faces), "--int8",
-                   "--cache", str(synthetic_pool(root / "cache"))])
+                   "--cache", str(synthetic_pool(root / "cache")), "--tail-bands", "4"])
 
     other = trained_like_generator(seed=2)
     exporter.export(other, {"method": "other"}, root / "api", "test", faces=faces)
@@ -160,8 +161,9 @@ def test_exported_graph(exported, lr_faces, variant, file):
     check_dynamic_batch(folder / file, lr_faces)
 
 
-def check_int8_graph(path: Path, float_layers: tuple[str, ...]) -> None:
-    """QDQ int8: every convolution but those of ``float_layers`` reads int8 weights, per output channel."""
+def check_int8_graph(path: Path, float_layers: tuple[str, ...], bands: int) -> None:
+    """QDQ int8: every convolution but those of ``float_layers`` reads int8 weights, per output channel; the
+    output convolution runs on ``bands`` row bands."""
     model = onnx.load(path)
     onnx.checker.check_model(model, full_check=True)
     ops = {node.op_type for node in model.graph.node}
@@ -171,18 +173,21 @@ def check_int8_graph(path: Path, float_layers: tuple[str, ...]) -> None:
     convs = [node for node in model.graph.node if node.op_type == "Conv"]
     assert len(convs) == 18
     # The PReLUs after the last two upsampling convolutions run on 8-bit values (by the slopes and by 1), and
-    # the shuffle between the two as a transpose of the 8-bit tensor.
+    # so do the shuffle between the two and the last one.
     on_bytes = [node for node in model.graph.node if node.op_type == "QLinearMul"]
     assert len(on_bytes) == 4 and all(node.domain == "com.microsoft" for node in on_bytes)
     for node in on_bytes:
         slopes = initializers[node.input[3]]
         assert slopes.data_type == onnx.TensorProto.UINT8
         assert list(slopes.dims) in ([1, 256, 1, 1], [])
-    assert [node.op_type for node in model.graph.node].count("DepthToSpace") == 2
+    shuffles = [node for node in model.graph.node if node.op_type == "DepthToSpace"]
+    assert [producers[node.input[0]].op_type for node in shuffles] == ["Max", "Max", "Reshape"]
+    assert {producers[name].op_type for name in producers[shuffles[1].input[0]].input} == {"QLinearMul"}
+    assert model.graph.node[-1].op_type == "DequantizeLinear" and model.graph.node[-1].input[0] == shuffles[-1].output[0]
     # The output convolution runs on horizontal bands stacked along the batch axis, padded only by columns.
     tail = producers[producers[exporter.TAIL_PHASES].input[0]] if exporter.TAIL_PHASES in producers else None
     assert tail is not None and tail.op_type == "DequantizeLinear" and producers[tail.input[0]].op_type == "Concat"
-    assert len(producers[tail.input[0]].input) == exporter.TAIL_BANDS
+    assert len(producers[tail.input[0]].input) == bands
     pads = [a for a in producers[exporter.TAIL_PHASES].attribute if a.name == "pads"][0].ints
     assert pads[0] == pads[2] == 0 and pads[1] == pads[3] > 0
     for conv in convs:
@@ -205,18 +210,38 @@ def check_int8_graph(path: Path, float_layers: tuple[str, ...]) -> None:
 
 def test_int8_file_and_card(exported, lr_faces):
     folder, _ = exported["cli"]
-    check_int8_graph(folder / exporter.INT8_FILE, exporter.INT8_FLOAT_LAYERS)
+    check_int8_graph(folder / exporter.INT8_FILE, exporter.INT8_FLOAT_LAYERS, bands=4)
     check_dynamic_batch(folder / exporter.INT8_FILE, lr_faces)
     card = json.loads((folder / exporter.CARD_FILE).read_text())
     section = card["export"]["int8"]
     assert section["calibration"]["faces"] == 39 and section["calibration_method"] == exporter.INT8_METHOD
     assert section["float_layers"] == list(exporter.INT8_FLOAT_LAYERS) and "int8" in card["precision"]
+    assert section["output_conv_row_bands"] == 4
     assert section["parity"]["int8_mean_abs_error"] <= section["parity"]["int8_mean_bound"]
     assert "int8" not in json.loads((exported["api"][0] / exporter.CARD_FILE).read_text())["files"]
     from iafsr_sdk import FaceEnhancer
 
     enhancer = FaceEnhancer(folder / exporter.INT8_FILE, device="cpu")
     assert enhancer.precision == "int8"
+
+
+@pytest.mark.parametrize("float_layers", [("head", "tail"), ()])
+def test_int8_with_other_float_layers(exported, lr_faces, float_layers):
+    """The variants export.int8_study measures: the graph rewrites apply where their layers are integer."""
+    fp32 = onnx.load(exported["cli"][0] / exporter.FP32_FILE)
+    int8 = exporter.to_int8(fp32, lr_faces[:8], float_layers=float_layers, batch=8)
+    ops = [node.op_type for node in int8.graph.node]
+    assert ops.count("Slice") == (0 if "tail" in float_layers else exporter.TAIL_BANDS)
+    assert ops[-1] == ("DepthToSpace" if "tail" in float_layers else "DequantizeLinear")
+    errors = exporter.int8_errors(fp32, int8, lr_faces)
+    assert errors["mean_abs_error"] < 4 / 255
+
+
+@pytest.mark.parametrize("bands", ["0", "3"])
+def test_tail_bands_must_divide_the_rows(tmp_path, bands):
+    with pytest.raises(SystemExit):
+        exporter.main(["--random-init", "--out", str(tmp_path), "--int8", "--tail-bands", bands])
+    assert not any(tmp_path.iterdir())
 
 
 def test_calibration_faces_come_from_the_training_split(tmp_path):
@@ -315,7 +340,11 @@ def test_prelu_on_quantized_matches_the_float_prelu_within_a_step(shuffle, dtype
     onnx.checker.check_model(model, full_check=True)
     ops = [node.op_type for node in model.graph.node]
     assert ops.count("QLinearMul") == 2 and "Mul" not in ops and ops.count("DequantizeLinear") == 1
-    assert ("DepthToSpace" in ops, "Transpose" in ops) == (False, shuffle)
+    assert ops.count("DepthToSpace") == shuffle and "Transpose" not in ops
+    if shuffle:  # the shuffle moves the 8-bit output of the Max
+        producers = {output: node for node in model.graph.node for output in node.output}
+        depth_to_space = model.graph.node[ops.index("DepthToSpace")]
+        assert producers[depth_to_space.input[0]].op_type == "Max"
     got = run_graph(model, x)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 0.01 + 1e-6  # one step of the output grid at most
@@ -369,6 +398,30 @@ def test_tail_in_row_bands_refuses_uneven_bands():
         exporter._tail_in_row_bands(tail_graph(rows=8), 3)
 
 
+def test_output_shuffle_on_quantized_is_exact():
+    """input → Q → DQ → DepthToSpace becomes input → Q → DepthToSpace → DQ with the same outputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero_point"], ["x_q"], name="q"),
+             helper.make_node("DequantizeLinear", ["x_q", "scale", "zero_point"], ["x_dq"], name="dq"),
+             helper.make_node("DepthToSpace", ["x_dq"], [exporter.OUTPUT_NAME], name="shuffle", blocksize=2,
+                              mode="CRD")]
+    graph = helper.make_graph(
+        nodes, "shuffle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 12, 4, 6])],
+        [helper.make_tensor_value_info(exporter.OUTPUT_NAME, TensorProto.FLOAT, [None, 3, 8, 12])],
+        [numpy_helper.from_array(np.array(1 / 255, np.float32), "scale"),
+         numpy_helper.from_array(np.array(0, np.uint8), "zero_point")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", exporter.OPSET)], ir_version=9)
+    x = np.random.default_rng(4).uniform(-0.1, 1.1, (2, 12, 4, 6)).astype(np.float32)
+    expected = run_graph(model, x)
+    exporter._output_shuffle_on_quantized(model)
+    onnx.checker.check_model(model, full_check=True)
+    assert [node.op_type for node in model.graph.node] == ["QuantizeLinear", "DepthToSpace", "DequantizeLinear"]
+    np.testing.assert_array_equal(run_graph(model, x), expected)
+    with pytest.raises(ValueError, match="does not end"):
+        exporter._output_shuffle_on_quantized(model)
+
+
 # ----- the shipped files -----
 
 @pytest.fixture(scope="module")
@@ -386,7 +439,8 @@ def test_shipped_card_matches_the_files(shipped_card):
 
 
 def test_shipped_int8_graph(lr_faces, shipped_card):
-    check_int8_graph(SHIPPED / exporter.INT8_FILE, tuple(shipped_card["export"]["int8"]["float_layers"]))
+    section = shipped_card["export"]["int8"]
+    check_int8_graph(SHIPPED / exporter.INT8_FILE, tuple(section["float_layers"]), section["output_conv_row_bands"])
     check_dynamic_batch(SHIPPED / exporter.INT8_FILE, lr_faces)
     properties = {p.key: p.value for p in onnx.load(SHIPPED / exporter.INT8_FILE).metadata_props}
     assert properties["precision"] == "int8"
@@ -438,14 +492,17 @@ def test_precision_differences_come_from_the_evaluation_pass():
     probes = rng.integers(10, 240, (5, 16, 16, 3), dtype=np.uint8)
     others = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     keys = {face.tobytes() for face in probes}
-    recorders = {name: ProbeRecorder(OffsetEnhancer(offset), keys) for name, offset in
-                 (("fp32", 0), ("fp16", 1), ("int8", -4))}
-    recorders["fp32"](np.concatenate([probes[:3], others]))  # an evaluation pass met part of the probes
-    recorders["int8"](probes)
+    fp32 = ProbeRecorder(OffsetEnhancer(0), keys)
+    recorders = {"fp32": fp32, **{name: ProbeRecorder(OffsetEnhancer(offset), keys, reference=fp32)
+                                  for name, offset in (("fp16", 1), ("int8", -4))}}
+    fp32(np.concatenate([probes[:3], others]))  # an evaluation pass met part of the probes
+    fp32.cover(probes)
+    recorders["int8"](np.concatenate([others, probes]))
     differences = pixel_differences(recorders, probes)
-    assert recorders["fp32"].enhancer.faces_seen == 6 + 2  # only the two probes it had not met
-    assert recorders["int8"].enhancer.faces_seen == 5
+    assert fp32.enhancer.faces_seen == 6 + 2  # only the two probes it had not met
+    assert recorders["int8"].enhancer.faces_seen == 8
     assert recorders["fp16"].enhancer.faces_seen == 5
-    assert len(recorders["fp32"].outputs) == 5  # faces outside the probes are not kept
+    assert len(fp32.outputs) == 5  # faces outside the probes are not kept
+    assert not recorders["int8"].outputs and len(recorders["int8"].differences) == 5  # no second copy of outputs
     assert differences == {"fp16": {"faces": 5, "mean_abs_levels": 1.0, "max_abs_levels": 1},
                            "int8": {"faces": 5, "mean_abs_levels": 4.0, "max_abs_levels": 4}}
