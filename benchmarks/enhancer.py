@@ -37,6 +37,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -84,9 +85,13 @@ def race(contenders: dict[str, Callable[[], Any]], rounds: int, calls: int = 1) 
 
 
 def session(path: Path, providers: list, threads: int | None, level: str = "all",
-            mode: str = "sequential", arena: bool = True, spinning: bool = True) -> onnxruntime.InferenceSession:
+            mode: str = "sequential", arena: bool = True, spinning: bool = True,
+            profile_prefix: str | None = None) -> onnxruntime.InferenceSession:
     options = onnxruntime.SessionOptions()
     options.enable_cpu_mem_arena = arena
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = {
@@ -350,15 +355,8 @@ def gpu(faces: np.ndarray, batch: int, rounds: int) -> list[dict]:
 def node_profile(path: Path, lr: np.ndarray, threads: int | None, calls: int = 20) -> list[dict]:
     """Milliseconds per call of each node of ``path`` on ``lr`` (onnxruntime's profiler, after one untimed call),
     slowest first."""
-    import tempfile
-
-    options = onnxruntime.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
     with tempfile.TemporaryDirectory() as folder:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(folder) / "profile")
-        profiled = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        profiled = session(path, ["CPUExecutionProvider"], threads, profile_prefix=str(Path(folder) / "profile"))
         for _ in range(calls + 1):
             profiled.run(None, {"lr": lr})
         events = json.loads(Path(profiled.end_profiling()).read_text())

@@ -265,16 +265,14 @@ def _prelu_as_max(model: onnx.ModelProto) -> None:
     graph.node.extend(nodes)
 
 
-def _graph_links(model: onnx.ModelProto) -> tuple[dict[str, list[int]], dict, dict[str, list]]:
-    """The inferred shape of each intermediate tensor, the node producing each tensor, and the nodes reading it."""
-    shapes = {value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
-              for value in onnx.shape_inference.infer_shapes(model).graph.value_info}
+def _graph_links(model: onnx.ModelProto) -> tuple[dict, dict[str, list]]:
+    """The node producing each tensor, and the nodes reading it."""
     producer = {name: node for node in model.graph.node for name in node.output}
     consumers: dict[str, list] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    return shapes, producer, consumers
+    return producer, consumers
 
 
 def _prelu_on_quantized(model: onnx.ModelProto) -> None:
@@ -287,7 +285,7 @@ def _prelu_on_quantized(model: onnx.ModelProto) -> None:
     next convolution reads grow, and onnxruntime's uint8 × int8 kernel then saturates. A DepthToSpace between
     the Max and the quantization moves onto the 8-bit values too."""
     graph = model.graph
-    _, producer, consumers = _graph_links(model)
+    producer, consumers = _graph_links(model)
     initializers = {init.name: init for init in graph.initializer}
     for maximum in [node for node in graph.node if node.op_type == "Max"]:
         x, negative = maximum.input
@@ -466,7 +464,7 @@ def _tail_in_row_bands(model: onnx.ModelProto, bands: int = TAIL_BANDS) -> None:
     quantized 0) by the convolution's row padding, then each band reads its rows plus that overlap; the
     convolution keeps only its column padding."""
     graph = model.graph
-    shapes, producer, consumers = _graph_links(model)
+    producer, consumers = _graph_links(model)
     conv = producer[TAIL_PHASES]
     dequantize, after = producer.get(conv.input[0]), consumers.get(TAIL_PHASES, [])
     quantize = after[0] if len(after) == 1 else None
@@ -476,7 +474,8 @@ def _tail_in_row_bands(model: onnx.ModelProto, bands: int = TAIL_BANDS) -> None:
             or quantize is None or quantize.op_type != "QuantizeLinear" or pads[0] != pads[2]
             or any(v != 1 for v in list(attributes.get("strides", [])) + list(attributes.get("dilations", [])))):
         raise ValueError("the output convolution is not an integer convolution with symmetric row padding")
-    channels, height, width = shapes[TAIL_PHASES][1:]
+    inferred = {value.name: value for value in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    channels, height, width = [d.dim_value for d in inferred[TAIL_PHASES].type.tensor_type.shape.dim][1:]
     if height % bands:
         raise ValueError(f"{height} rows do not split into {bands} bands")
     rows, overlap = height // bands, size[0] - 1
@@ -523,7 +522,7 @@ def _tail_in_row_bands(model: onnx.ModelProto, bands: int = TAIL_BANDS) -> None:
 def _output_shuffle_on_quantized(model: onnx.ModelProto) -> None:
     """Move the last DepthToSpace before the DequantizeLinear that feeds it: the same values (a shuffle of a
     per-tensor grid), moved as 8-bit values instead of float32."""
-    _, producer, consumers = _graph_links(model)
+    producer, consumers = _graph_links(model)
     initializers = {init.name: init for init in model.graph.initializer}
     shuffle = producer[OUTPUT_NAME]
     dequantize = producer.get(shuffle.input[0])
